@@ -1,0 +1,28 @@
+// Declarations of the compiled rgbd_kernels ops. Registered in bindings.cpp under the
+// `rgbd_C` namespace (torch.ops.rgbd_C.*); the public Python API wraps them as `rgbd::` custom ops.
+// Every op writes into outputs allocated by Python, so tests can NaN-poison them.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace rgbd {
+
+// depth (N) float/half/bf16 contiguous -> disparity (N) same dtype, valid (N) bool.
+// valid = finite && depth > 0 && min_depth <= depth <= max_depth; disparity = valid ? 1/depth : 0.
+void depth_to_disparity_cpu(const at::Tensor& depth, double min_depth, double max_depth,
+                            at::Tensor& disparity, at::Tensor& valid);
+
+// values, valid: (G, N) contiguous (valid bool). Per group (row): median of the valid finite
+// values (mean of the two middle order statistics for even counts), scale = mean |d - median|.
+// out: (G, N) same dtype as values; stats: (G, 5) float32 = [shift, scale, lo, hi, count]
+// (lo/hi: the two middle order statistics; count: number of valid values, 0 for a degenerate
+// group, which gets shift 0, scale 1 and zeros).
+void normalize_disparity_cpu(const at::Tensor& values, const at::Tensor& valid, at::Tensor& out,
+                             at::Tensor& stats);
+
+// Gradient of normalize_disparity w.r.t. values given grad_out (G, N) and grad_stats (G, 5)
+// (only the shift and scale columns are used). grad_values: (G, N) same dtype as values.
+void normalize_disparity_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_stats,
+                                      const at::Tensor& values, const at::Tensor& valid,
+                                      const at::Tensor& stats, at::Tensor& grad_values);
+
+}  // namespace rgbd

@@ -1,0 +1,417 @@
+"""Depth -> affine-invariant disparity, its normalization, alignment and depth metrics.
+
+Conventions (GUIDE §7): disparity d = 1/depth on valid pixels (depth finite and > 0, inside an
+optional range), 0 elsewhere. Normalization per group (a frame or a clip): shift t = median of
+the valid values, scale s = mean |d - t| over them, normalized = 0.5 * (d - t) / s, so the valid
+values get median 0 and mean absolute deviation 0.5; invalid pixels get 0.
+
+Median: for an even number n of valid values it is the mean of the two middle order statistics
+(0-based ranks n/2 - 1 and n/2), like ``numpy.median`` (``torch.median`` returns the lower one).
+Its gradient is shared equally among values tied with a middle order statistic.
+
+Paths: ``reference`` (PyTorch), ``cpp`` (CPU, ``csrc/disparity_cpu.cpp``), ``triton`` (GPU, or
+CPU under ``TRITON_INTERPRET=1``; median by radix selection). All return float32 statistics.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _buffers
+from ._nvtx import nvtx_range
+from .backend import select_backend
+
+__all__ = ["depth_to_disparity", "normalize_disparity", "denormalize_disparity",
+           "align_scale_shift", "abs_rel", "delta1",
+           "depth_to_disparity_reference", "normalize_disparity_reference"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_PER_DIMS = {"frame": 2, "clip": 3}
+# stats columns of the internal op: shift, scale, lo, hi (middle order statistics), count
+_STATS = 5
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _check_float(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a real floating tensor (float32, float16, bfloat16 or "
+                         f"float64), got dtype {t.dtype}")
+    return t
+
+
+def _check_per(per: object, t: torch.Tensor, name: str) -> int:
+    if per not in _PER_DIMS:
+        raise ValueError(f"per must be 'frame' or 'clip', got {per!r}")
+    nd = _PER_DIMS[per]
+    if t.dim() < nd:
+        shape = "(..., H, W)" if per == "frame" else "(..., T, H, W)"
+        raise ValueError(f"{name} must have at least {nd} dims {shape} for per={per!r}, got "
+                         f"shape {tuple(t.shape)}")
+    return nd
+
+
+def _check_valid(valid: object, like: torch.Tensor, name: str = "valid",
+                 like_name: str = "disparity") -> torch.Tensor:
+    if not isinstance(valid, torch.Tensor):
+        raise ValueError(f"{name} must be a bool torch.Tensor, got {type(valid).__name__}")
+    if valid.dtype != torch.bool:
+        raise ValueError(f"{name} must have dtype torch.bool, got {valid.dtype}")
+    if valid.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got "
+                         f"{tuple(valid.shape)}")
+    if valid.device != like.device:
+        raise ValueError(f"{name} must be on {like_name}'s device {like.device}, got {valid.device}")
+    return valid
+
+
+# ----------------------------------------------------------------------------- depth -> disparity
+
+def depth_to_disparity_reference(depth: torch.Tensor, min_depth: float = 0.0,
+                                 max_depth: float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: (1/depth on valid pixels else 0 in depth's dtype, valid bool), float32 math."""
+    z = depth.float()
+    valid = torch.isfinite(z) & (z > 0) & (z >= min_depth) & (z <= max_depth)
+    safe = torch.where(valid, z, torch.ones_like(z))
+    return torch.where(valid, 1.0 / safe, torch.zeros_like(z)).to(depth.dtype), valid
+
+
+@torch.library.custom_op("rgbd::depth_to_disparity", mutates_args=())
+def _depth_to_disparity_op(depth: torch.Tensor, min_depth: float,
+                           max_depth: float) -> tuple[torch.Tensor, torch.Tensor]:
+    backend = select_backend("depth_to_disparity", depth.device, ("cpp", "triton"))
+    if backend == "reference":
+        return depth_to_disparity_reference(depth, min_depth, max_depth)
+    flat = depth.contiguous().view(-1)
+    disparity = _buffers.empty_like(flat)
+    valid = _buffers.empty_like(flat, dtype=torch.bool)
+    if backend == "cpp":
+        torch.ops.rgbd_C.depth_to_disparity(flat, min_depth, max_depth, disparity, valid)
+    else:
+        from ._triton import disparity as tk
+
+        tk.depth_to_disparity(flat, min_depth, max_depth, disparity, valid)
+    return disparity.view(depth.shape), valid.view(depth.shape)
+
+
+@_depth_to_disparity_op.register_fake
+def _(depth, min_depth, max_depth):
+    return torch.empty_like(depth, memory_format=torch.contiguous_format), \
+        torch.empty_like(depth, dtype=torch.bool, memory_format=torch.contiguous_format)
+
+
+def _d2d_setup(ctx, inputs, output):
+    disparity, valid = output
+    ctx.save_for_backward(disparity, valid)
+
+
+def _d2d_backward(ctx, grad_disparity, grad_valid):
+    disparity, valid = ctx.saved_tensors
+    d = disparity.float()  # d(1/z)/dz = -1/z^2 = -d^2 on valid pixels, 0 elsewhere
+    grad = torch.where(valid, -grad_disparity.float() * d * d, torch.zeros_like(d))
+    return grad.to(disparity.dtype), None, None
+
+
+_depth_to_disparity_op.register_autograd(_d2d_backward, setup_context=_d2d_setup)
+
+
+def depth_to_disparity(depth: torch.Tensor, min_depth: float | None = None,
+                       max_depth: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disparity 1/depth and the valid mask.
+
+    Args:
+        depth: (...) float tensor in metres (any float dtype, any layout). NaN, inf, 0 and negative
+            values are data: they are marked invalid.
+        min_depth, max_depth: optional inclusive range of valid depths (metres).
+    Returns:
+        disparity (...) in depth's dtype, 1/metres, 0 on invalid pixels; valid (...) bool.
+    """
+    _check_float("depth", depth)
+    lo = 0.0 if min_depth is None else float(min_depth)
+    hi = math.inf if max_depth is None else float(max_depth)
+    if math.isnan(lo) or math.isnan(hi) or lo < 0 or lo > hi:
+        raise ValueError(f"need 0 <= min_depth <= max_depth, got min_depth={min_depth!r}, "
+                         f"max_depth={max_depth!r}")
+    with nvtx_range("rgbd.depth_to_disparity"):
+        return _depth_to_disparity_op(depth, lo, hi)
+
+
+# ----------------------------------------------------------------------------- normalization
+
+def _median_pair(x: torch.Tensor, valid: torch.Tensor, count: torch.Tensor):
+    """Middle order statistics (lo, hi) of the valid values of each row of x (G, N); 0 if none."""
+    ranked = torch.where(valid, x, torch.full_like(x, math.inf)).sort(dim=1).values
+    last = x.shape[1] - 1
+    lo_rank = ((count - 1).clamp_min(0) // 2).clamp_max(last)
+    hi_rank = (count // 2).clamp_max(last)
+    lo = ranked.gather(1, lo_rank[:, None]).squeeze(1)
+    hi = ranked.gather(1, hi_rank[:, None]).squeeze(1)
+    empty = count == 0
+    return torch.where(empty, 0.0, lo), torch.where(empty, 0.0, hi)
+
+
+def _normalize_rows_reference(values: torch.Tensor, valid: torch.Tensor):
+    """Reference on rows: values (G, N) float, valid (G, N) bool -> (out (G, N), stats (G, 5))."""
+    x_raw = values.float()
+    use = valid & torch.isfinite(x_raw)
+    x = torch.where(use, x_raw, torch.zeros_like(x_raw))  # invalid entries carry no gradient
+    count = use.sum(dim=1)
+    lo, hi = _median_pair(x.detach(), use, count)
+    # The median's value is (lo + hi) / 2; its gradient goes half to the lo value and half to the
+    # hi value, each shared equally among the valid entries tied with it.
+    at_lo = (use & (x.detach() == lo[:, None])).float()
+    at_hi = (use & (x.detach() == hi[:, None])).float()
+    weight = 0.5 * at_lo / at_lo.sum(1, keepdim=True).clamp_min(1) \
+        + 0.5 * at_hi / at_hi.sum(1, keepdim=True).clamp_min(1)
+    median = 0.5 * (lo + hi) + (weight * (x - x.detach())).sum(dim=1)
+    deviation = torch.where(use, (x - median[:, None]).abs(), torch.zeros_like(x))
+    mad = deviation.sum(dim=1) / count.clamp_min(1)
+    ok = (count > 0) & (mad > 0)
+    shift = torch.where(ok, median, torch.zeros_like(median))
+    scale = torch.where(ok, mad, torch.ones_like(mad))
+    out = torch.where(use & ok[:, None], 0.5 * (x - shift[:, None]) / scale[:, None],
+                      torch.zeros_like(x))
+    stats = torch.stack([shift, scale, lo, hi, torch.where(ok, count.float(), 0.0)], dim=1)
+    return out.to(values.dtype), stats
+
+
+def _rows(disparity: torch.Tensor, valid: torch.Tensor, nd: int):
+    groups = math.prod(disparity.shape[: disparity.dim() - nd])
+    n = math.prod(disparity.shape[disparity.dim() - nd:])
+    return disparity.reshape(groups, n), valid.reshape(groups, n)
+
+
+def normalize_disparity_reference(disparity: torch.Tensor, valid: torch.Tensor | None = None,
+                                  per: str = "frame"):
+    """Reference path of :func:`normalize_disparity` (plain PyTorch, differentiable)."""
+    nd = _PER_DIMS[per]
+    if valid is None:
+        valid = torch.isfinite(disparity) & (disparity > 0)
+    x, v = _rows(disparity, valid, nd)
+    out, stats = _normalize_rows_reference(x, v)
+    lead = disparity.shape[: disparity.dim() - nd]
+    return out.view(disparity.shape), stats[:, 0].reshape(lead), stats[:, 1].reshape(lead)
+
+
+@torch.library.custom_op("rgbd::normalize_disparity_rows", mutates_args=())
+def _normalize_rows_op(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    backend = select_backend("normalize_disparity", values.device, ("cpp", "triton"))
+    if backend == "reference":
+        return _normalize_rows_reference(values, valid)
+    values, valid = values.contiguous(), valid.contiguous()
+    out = _buffers.empty_like(values)
+    stats = _buffers.empty((values.shape[0], _STATS), dtype=torch.float32, device=values.device)
+    if backend == "cpp":
+        torch.ops.rgbd_C.normalize_disparity(values, valid, out, stats)
+    else:
+        from ._triton import disparity as tk
+
+        tk.normalize_disparity(values, valid, out, stats)
+    return out, stats
+
+
+@_normalize_rows_op.register_fake
+def _(values, valid):
+    return (torch.empty_like(values, memory_format=torch.contiguous_format),
+            values.new_empty((values.shape[0], _STATS), dtype=torch.float32))
+
+
+@torch.library.custom_op("rgbd::normalize_disparity_rows_backward", mutates_args=())
+def _normalize_rows_backward_op(grad_out: torch.Tensor, grad_stats: torch.Tensor,
+                                values: torch.Tensor, valid: torch.Tensor,
+                                stats: torch.Tensor) -> torch.Tensor:
+    backend = select_backend("normalize_disparity", values.device, ("cpp", "triton"))
+    if backend == "reference":
+        with torch.enable_grad():
+            x = values.detach().requires_grad_(True)
+            out, st = _normalize_rows_reference(x, valid)
+            (grad,) = torch.autograd.grad((out, st), (x,), (grad_out, grad_stats),
+                                          allow_unused=True)
+        return torch.zeros_like(values) if grad is None else grad
+    grad_values = _buffers.empty_like(values)
+    args = (grad_out.contiguous(), grad_stats.contiguous(), values.contiguous(),
+            valid.contiguous(), stats.contiguous(), grad_values)
+    if backend == "cpp":
+        torch.ops.rgbd_C.normalize_disparity_backward(*args)
+    else:
+        from ._triton import disparity as tk
+
+        tk.normalize_disparity_backward(*args)
+    return grad_values
+
+
+@_normalize_rows_backward_op.register_fake
+def _(grad_out, grad_stats, values, valid, stats):
+    return torch.empty_like(values, memory_format=torch.contiguous_format)
+
+
+def _norm_setup(ctx, inputs, output):
+    values, valid = inputs
+    ctx.save_for_backward(values, valid, output[1])
+
+
+def _norm_backward(ctx, grad_out, grad_stats):
+    values, valid, stats = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(values)
+    if grad_stats is None:
+        grad_stats = torch.zeros_like(stats)
+    grad = _normalize_rows_backward_op(grad_out.to(values.dtype), grad_stats.float(), values,
+                                       valid, stats)
+    return grad, None
+
+
+_normalize_rows_op.register_autograd(_norm_backward, setup_context=_norm_setup)
+
+
+def normalize_disparity(disparity: torch.Tensor, valid: torch.Tensor | None = None,
+                        per: str = "frame") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Affine-invariant normalization: median 0 and mean absolute deviation 0.5 per group.
+
+    Args:
+        disparity: (..., H, W) for ``per="frame"``, (..., T, H, W) for ``per="clip"``; any float
+            dtype and layout. Values are disparities (1/metres, or any affine-invariant scale).
+        valid: bool mask of the same shape and device; default ``isfinite & > 0`` (0 marks holes,
+            as :func:`depth_to_disparity` writes them). Non-finite values are always invalid.
+        per: "frame" (statistics over H, W) or "clip" (over T, H, W).
+    Returns:
+        normalized (same shape and dtype; 0 on invalid pixels), shift and scale (float32, shaped
+        like the leading dims). A group without valid values, or whose valid values are all
+        equal (scale 0), gets shift 0, scale 1 and zeros, never NaN or inf.
+    Differentiable w.r.t. ``disparity`` (shift and scale are functions of it too).
+    """
+    _check_float("disparity", disparity)
+    nd = _check_per(per, disparity, "disparity")
+    if valid is None:
+        valid = torch.isfinite(disparity) & (disparity > 0)
+    else:
+        _check_valid(valid, disparity)
+    with nvtx_range("rgbd.normalize_disparity"):
+        x, v = _rows(disparity, valid, nd)
+        if x.shape[1] == 0:
+            raise ValueError(f"disparity has no pixels per {per}: shape {tuple(disparity.shape)}")
+        out, stats = _normalize_rows_op(x, v)
+    lead = disparity.shape[: disparity.dim() - nd]
+    return out.view(disparity.shape), stats[:, 0].reshape(lead), stats[:, 1].reshape(lead)
+
+
+def denormalize_disparity(normalized: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                          valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of :func:`normalize_disparity`: ``normalized * 2 * scale + shift``.
+
+    ``shift`` and ``scale`` are shaped like the leading dims (as returned), so ``per`` is implied
+    by how many trailing dims they lack (2: frame, 3: clip). Exact inverse on valid pixels;
+    pixels where ``valid`` is False (if given) are set to 0. Computed in float32, returned in
+    ``normalized``'s dtype.
+    """
+    _check_float("normalized", normalized)
+    _check_float("shift", shift)
+    _check_float("scale", scale)
+    if shift.shape != scale.shape:
+        raise ValueError(f"shift and scale must have the same shape, got {tuple(shift.shape)} "
+                         f"and {tuple(scale.shape)}")
+    nd = normalized.dim() - shift.dim()
+    if nd not in (2, 3) or normalized.shape[: shift.dim()] != shift.shape:
+        raise ValueError(f"shift/scale of shape {tuple(shift.shape)} do not match normalized "
+                         f"{tuple(normalized.shape)}: expected its leading dims without the last "
+                         "2 (per='frame') or 3 (per='clip')")
+    view = (*shift.shape, *([1] * nd))
+    out = normalized.float() * (2.0 * scale.float()).view(view) + shift.float().view(view)
+    if valid is not None:
+        _check_valid(valid, normalized, like_name="normalized")
+        out = torch.where(valid, out, torch.zeros_like(out))
+    return out.to(normalized.dtype)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+_ALIGN_DIMS = {"frame": 2, "clip": 3, "all": None}
+
+
+def _group_dims(t: torch.Tensor, per: str | None, name: str):
+    if per is None or per == "all":
+        return tuple(range(t.dim()))
+    nd = _check_per(per, t, name)
+    return tuple(range(t.dim() - nd, t.dim()))
+
+
+def _check_pair(pred, target, valid, names):
+    _check_float(names[0], pred)
+    _check_float(names[1], target)
+    if pred.shape != target.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    if pred.device != target.device:
+        raise ValueError(f"{names[0]} and {names[1]} must be on the same device, got "
+                         f"{pred.device} and {target.device}")
+    base = torch.isfinite(pred) & torch.isfinite(target)
+    if valid is None:
+        return base
+    return _check_valid(valid, pred, like_name=names[0]) & base
+
+
+def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
+                      per: str = "clip") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares scale s and shift t so that ``s * pred + t`` best fits ``target`` on valid pixels.
+
+    The Marigold / DepthCrafter protocol aligns in disparity space: pass predicted and ground-truth
+    disparities. ``per``: "frame" ((..., H, W) groups), "clip" ((..., T, H, W), per video), or
+    "all" (one fit). Returns (aligned, s, t): aligned like pred (float32), s and t float32 shaped
+    like the leading dims. A group with fewer than 2 distinct valid predictions gets s = 0 and
+    t = mean target (s = 1, t = 0 with no valid pixel). Differentiable (plain PyTorch).
+    """
+    use = _check_pair(pred, target, valid, ("pred", "target"))
+    if per not in _ALIGN_DIMS:
+        raise ValueError(f"per must be 'frame', 'clip' or 'all', got {per!r}")
+    dims = _group_dims(pred, per, "pred")
+    w = use.float()
+    p = torch.where(use, pred.float(), 0.0)
+    g = torch.where(use, target.float(), 0.0)
+    n = w.sum(dims, keepdim=True)
+    n1 = n.clamp_min(1)
+    mp, mg = p.sum(dims, keepdim=True) / n1, g.sum(dims, keepdim=True) / n1
+    dp = torch.where(use, p - mp, 0.0)
+    var = (dp * dp).sum(dims, keepdim=True)
+    cov = (dp * torch.where(use, g - mg, 0.0)).sum(dims, keepdim=True)
+    s = torch.where(var > 0, cov / torch.where(var > 0, var, 1.0), 0.0)
+    t = mg - s * mp
+    s = torch.where(n > 0, s, 1.0)
+    t = torch.where(n > 0, t, 0.0)
+    aligned = s * pred.float() + t
+    return aligned, s.squeeze(dims) if dims else s, t.squeeze(dims) if dims else t
+
+
+def _depth_metric(pred_depth, gt_depth, valid, per, fn):
+    use = _check_pair(pred_depth, gt_depth, valid, ("pred_depth", "gt_depth"))
+    use = use & (gt_depth > 0)
+    dims = _group_dims(pred_depth, per, "pred_depth")
+    values = torch.where(use, fn(pred_depth.float(), torch.where(use, gt_depth.float(), 1.0)), 0.0)
+    n = use.float().sum(dims)
+    return torch.where(n > 0, values.sum(dims) / n.clamp_min(1), torch.nan)
+
+
+def abs_rel(pred_depth: torch.Tensor, gt_depth: torch.Tensor, valid: torch.Tensor | None = None,
+            per: str | None = None) -> torch.Tensor:
+    """Absolute relative error mean |pred - gt| / gt over valid pixels (gt finite and > 0).
+
+    ``per``: None (one number over all valid pixels), "frame" or "clip" (one per group, shaped
+    like the leading dims). NaN for a group without valid pixels. float32.
+    """
+    return _depth_metric(pred_depth, gt_depth, valid, per, lambda p, g: (p - g).abs() / g)
+
+
+def delta1(pred_depth: torch.Tensor, gt_depth: torch.Tensor, valid: torch.Tensor | None = None,
+           per: str | None = None, threshold: float = 1.25) -> torch.Tensor:
+    """Fraction of valid pixels with max(pred/gt, gt/pred) < threshold (1.25). Like :func:`abs_rel`.
+
+    Non-positive predictions count as failures.
+    """
+    def hit(p, g):
+        safe_p = torch.where(p > 0, p, 1.0)
+        ratio = torch.maximum(safe_p / g, g / safe_p)
+        return ((ratio < threshold) & (p > 0)).float()
+
+    return _depth_metric(pred_depth, gt_depth, valid, per, hit)

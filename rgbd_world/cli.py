@@ -1,0 +1,41 @@
+"""Command line entry point: ``rgbd-world <command> ...``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rgbd-world", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    info = sub.add_parser("info", help="print versions and which kernel backends can run here")
+    info.set_defaults(func=_info)
+    return parser
+
+
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    import rgbd_kernels
+    import rgbd_world
+
+    print(f"rgbd_world {rgbd_world.__version__}, rgbd_kernels {rgbd_kernels.__version__}, "
+          f"torch {torch.__version__}")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for name, reason in rgbd_kernels.available_backends(device).items():
+            print(f"  {device:5s} {name:10s} {'ok' if reason is None else 'unavailable: ' + reason}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
