@@ -154,8 +154,11 @@ def _median_pair(x: torch.Tensor, valid: torch.Tensor, count: torch.Tensor):
 
 
 def _normalize_rows_reference(values: torch.Tensor, valid: torch.Tensor):
-    """Reference on rows: values (G, N) float, valid (G, N) bool -> (out (G, N), stats (G, 5))."""
-    x_raw = values.float()
+    """Reference on rows: values (G, N) float, valid (G, N) bool -> (out (G, N), stats (G, 5)).
+
+    Math in float32 (float64 for float64 values); stats come back in that compute dtype.
+    """
+    x_raw = values.to(torch.promote_types(values.dtype, torch.float32))
     use = valid & torch.isfinite(x_raw)
     x = torch.where(use, x_raw, torch.zeros_like(x_raw))  # invalid entries carry no gradient
     count = use.sum(dim=1)
@@ -186,7 +189,10 @@ def _rows(disparity: torch.Tensor, valid: torch.Tensor, nd: int):
 
 def normalize_disparity_reference(disparity: torch.Tensor, valid: torch.Tensor | None = None,
                                   per: str = "frame"):
-    """Reference path of :func:`normalize_disparity` (plain PyTorch, differentiable)."""
+    """Reference path of :func:`normalize_disparity` (plain PyTorch, differentiable).
+
+    Statistics in float32 (float64 for float64 input, so gradcheck can use it).
+    """
     nd = _PER_DIMS[per]
     if valid is None:
         valid = torch.isfinite(disparity) & (disparity > 0)
@@ -200,7 +206,8 @@ def normalize_disparity_reference(disparity: torch.Tensor, valid: torch.Tensor |
 def _normalize_rows_op(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     backend = select_backend("normalize_disparity", values.device, ("cpp", "triton"))
     if backend == "reference":
-        return _normalize_rows_reference(values, valid)
+        out, stats = _normalize_rows_reference(values, valid)
+        return out, stats.float()
     values, valid = values.contiguous(), valid.contiguous()
     out = _buffers.empty_like(values)
     stats = _buffers.empty((values.shape[0], _STATS), dtype=torch.float32, device=values.device)
@@ -219,18 +226,42 @@ def _(values, valid):
             values.new_empty((values.shape[0], _STATS), dtype=torch.float32))
 
 
+def _sign(x: torch.Tensor) -> torch.Tensor:
+    return (x > 0).float() - (x < 0).float()
+
+
+def _normalize_rows_backward_reference(grad_out, grad_stats, values, valid, stats):
+    """Closed-form gradient of :func:`_normalize_rows_reference` w.r.t. values (G, N).
+
+    With y = 0.5 (x - m) / s, s = mean|x - m|, m = (lo + hi) / 2 (ties share lo's and hi's
+    halves equally): dL/ds = g_s - sum(g y) / s, dL/dm = g_m - 0.5 sum(g) / s - dL/ds sum(sign) / n,
+    dL/dx_i = 0.5 g_i / s + dL/ds sign_i / n + dL/dm (0.5 [x_i = lo] / n_lo + 0.5 [x_i = hi] / n_hi).
+    """
+    x = values.float()
+    use = valid & torch.isfinite(x)
+    x = torch.where(use, x, 0.0)
+    shift, scale, lo, hi, count = (stats[:, i:i + 1] for i in range(_STATS))
+    ok = count > 0
+    g = torch.where(use, grad_out.float(), 0.0)
+    sign = torch.where(use, _sign(x - shift), 0.0)
+    at_lo, at_hi = (use & (x == lo)).float(), (use & (x == hi)).float()
+    n = count.clamp_min(1)
+    grad_scale = grad_stats[:, 1:2] - (g * 0.5 * (x - shift) / scale).sum(1, keepdim=True) / scale
+    grad_shift = (grad_stats[:, 0:1] - 0.5 * g.sum(1, keepdim=True) / scale
+                  - grad_scale * sign.sum(1, keepdim=True) / n)
+    grad = (0.5 * g / scale + grad_scale * sign / n
+            + 0.5 * grad_shift * (at_lo / at_lo.sum(1, keepdim=True).clamp_min(1)
+                                  + at_hi / at_hi.sum(1, keepdim=True).clamp_min(1)))
+    return torch.where(use & ok, grad, 0.0).to(values.dtype)
+
+
 @torch.library.custom_op("rgbd::normalize_disparity_rows_backward", mutates_args=())
 def _normalize_rows_backward_op(grad_out: torch.Tensor, grad_stats: torch.Tensor,
                                 values: torch.Tensor, valid: torch.Tensor,
                                 stats: torch.Tensor) -> torch.Tensor:
     backend = select_backend("normalize_disparity", values.device, ("cpp", "triton"))
     if backend == "reference":
-        with torch.enable_grad():
-            x = values.detach().requires_grad_(True)
-            out, st = _normalize_rows_reference(x, valid)
-            (grad,) = torch.autograd.grad((out, st), (x,), (grad_out, grad_stats),
-                                          allow_unused=True)
-        return torch.zeros_like(values) if grad is None else grad
+        return _normalize_rows_backward_reference(grad_out, grad_stats, values, valid, stats)
     grad_values = _buffers.empty_like(values)
     args = (grad_out.contiguous(), grad_stats.contiguous(), values.contiguous(),
             valid.contiguous(), stats.contiguous(), grad_values)

@@ -1,0 +1,382 @@
+"""Disparity ops: every fast path against the reference, properties, bad input, op checks."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import rgbd_kernels as rk
+from rgbd_kernels import _buffers
+from rgbd_kernels.disparity import (_depth_to_disparity_op, _normalize_rows_backward_op,
+                                    _normalize_rows_op, depth_to_disparity_reference,
+                                    normalize_disparity_reference)
+from rgbd_kernels.testing import assert_parity, noncontiguous, tolerance
+
+FAST = ["cpp", "triton"]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DT_ID = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def random_disparity(shape, dtype=torch.float32, holes=0.2):
+    """Positive disparities spanning two decades, with holes and degenerate frames.
+
+    Frame 0 of each clip is constant, frame 1 (if any) wholly invalid; other frames have random
+    holes, so valid counts are a mix of even and odd.
+    """
+    d = torch.exp(torch.randn(shape) * 1.2).to(dtype)
+    valid = torch.rand(shape) > holes
+    if len(shape) >= 3:
+        d[..., 0, :, :] = 0.75
+        valid[..., 0, :, :] = True
+        if shape[-3] > 1:
+            valid[..., 1, :, :] = False
+    return d, valid
+
+
+def backend_ids(params):
+    return [f"{b}" for b in params]
+
+
+# ----------------------------------------------------------------------------- depth_to_disparity
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_ID.get)
+@pytest.mark.parametrize("rng", [(None, None), (0.5, 4.0)], ids=["norange", "range"])
+def test_depth_to_disparity_parity(backend, dtype, rng):
+    depth = (torch.rand(2, 5, 37, 23) * 8 - 0.5).to(dtype)  # includes negatives
+    depth[0, 0, 0, :5] = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0]).to(dtype)
+    depth = noncontiguous(depth)
+    ref_d, ref_v = depth_to_disparity_reference(depth, rng[0] or 0.0, rng[1] or math.inf)
+    with rk.use_backend(backend):
+        disp, valid = rk.depth_to_disparity(depth, *rng)
+    assert_parity(valid, ref_v, name="valid")
+    assert_parity(disp, ref_d, name="disparity")
+    assert not valid[0, 0, 0, :5].any()
+    assert (disp[~valid] == 0).all()
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_depth_to_disparity_matches_closed_form_and_gradient(backend):
+    depth = torch.rand(3, 17, 19, dtype=torch.float64).float() * 5 + 0.1
+    depth[0, :3] = -1.0
+    x = depth.clone().requires_grad_(True)
+    with rk.use_backend(backend):
+        disp, valid = rk.depth_to_disparity(x)
+    torch.testing.assert_close(disp[valid], 1.0 / depth[valid])
+    g = torch.randn_like(disp)
+    disp.backward(g)
+    expected = torch.where(valid, -g / depth**2, 0.0)
+    assert_parity(x.grad, expected, name="grad")
+
+
+# ----------------------------------------------------------------------------- normalize: parity
+
+CASES = [  # (shape, per)
+    ((2, 5, 37, 41), "frame"),
+    ((3, 7, 11), "frame"),
+    ((2, 5, 19, 23), "clip"),
+    ((1, 3, 4, 9, 5), "clip"),
+]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_ID.get)
+@pytest.mark.parametrize("shape,per", CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else c)
+def test_normalize_parity_forward_backward(backend, dtype, shape, per):
+    d, valid = random_disparity(shape, dtype)
+    d = noncontiguous(d)
+    x_ref = d.detach().clone().requires_grad_(True)
+    ref = normalize_disparity_reference(x_ref, valid, per)
+    x = d.detach().clone().requires_grad_(True)
+    with rk.use_backend(backend):
+        out = rk.normalize_disparity(x, valid, per)
+    for name, a, b in zip(("normalized", "shift", "scale"), out, ref):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert_parity(a, b, dtype=dtype, name=name)
+    grads = [torch.randn_like(t) for t in ref]
+    torch.autograd.backward(ref, grads)
+    with rk.use_backend(backend):
+        torch.autograd.backward(out, grads)
+    assert_parity(x.grad, x_ref.grad, dtype=dtype, name="grad")
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_normalize_default_valid_and_nonfinite(backend):
+    d, _ = random_disparity((2, 3, 13, 17))
+    d[0, 2, :4] = torch.tensor([math.nan, math.inf, -math.inf, 0.0]).repeat(17, 1).T[:4]
+    ref = normalize_disparity_reference(d, None)
+    with rk.use_backend(backend):
+        out = rk.normalize_disparity(d)
+    for a, b in zip(out, ref):
+        assert_parity(a, b)
+    assert torch.isfinite(out[0]).all()
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_normalize_deterministic(backend):
+    d, valid = random_disparity((3, 2, 31, 29))
+    with rk.use_backend(backend):
+        a = rk.normalize_disparity(d, valid, "clip")
+        b = rk.normalize_disparity(d, valid, "clip")
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+# ----------------------------------------------------------------------------- normalize: semantics
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 257])
+def test_median_matches_numpy_for_odd_and_even_counts(backend, n):
+    values = torch.exp(torch.randn(4, n))
+    valid = torch.ones_like(values, dtype=torch.bool)
+    with rk.use_backend(backend):
+        _, shift, scale = rk.normalize_disparity(values.view(4, 1, n), valid.view(4, 1, n))
+    med = np.median(values.numpy(), axis=1)
+    mad = np.abs(values.numpy() - med[:, None]).mean(axis=1)
+    expect_ok = mad > 0
+    np.testing.assert_allclose(shift.numpy(), np.where(expect_ok, med, 0), rtol=1e-6)
+    np.testing.assert_allclose(scale.numpy(), np.where(expect_ok, mad, 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+def test_normalized_has_median_zero_and_mad_half(backend):
+    d, valid = random_disparity((2, 4, 33, 35))
+    with rk.use_backend(backend):
+        out, shift, scale = rk.normalize_disparity(d, valid)
+    for b in range(2):
+        for t in range(2, 4):
+            vals = out[b, t][valid[b, t]].double().numpy()
+            assert abs(np.median(vals)) < 1e-6
+            assert abs(np.abs(vals - np.median(vals)).mean() - 0.5) < 1e-5
+            assert (out[b, t][~valid[b, t]] == 0).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+def test_degenerate_groups_give_zero_shift_unit_scale(backend):
+    d, valid = random_disparity((2, 3, 8, 9))
+    x = d.clone().requires_grad_(True)
+    with rk.use_backend(backend):
+        out, shift, scale = rk.normalize_disparity(x, valid)
+        (out.square().sum() + shift.sum() + scale.sum()).backward()
+    for t in (0, 1):  # constant frame, wholly invalid frame
+        assert (shift[:, t] == 0).all() and (scale[:, t] == 1).all()
+        assert (out[:, t] == 0).all() and (x.grad[:, t] == 0).all()
+    assert torch.isfinite(x.grad).all() and (scale[:, 2] != 1).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+@pytest.mark.parametrize("per", ["frame", "clip"])
+def test_denormalize_is_exact_inverse_on_valid_pixels(backend, per):
+    d, valid = random_disparity((2, 4, 15, 16))
+    with rk.use_backend(backend):
+        out, shift, scale = rk.normalize_disparity(d, valid, per)
+    back = rk.denormalize_disparity(out, shift, scale, valid)
+    ok = valid.clone()
+    ok[:, :2] = False  # degenerate frames are not invertible by design
+    if per == "clip":
+        ok = valid
+    torch.testing.assert_close(back[ok], d[ok], rtol=2e-6, atol=1e-6)
+    assert (back[~valid] == 0).all()
+
+
+def test_gradient_matches_finite_differences():
+    d = torch.exp(torch.randn(2, 1, 5, 7, dtype=torch.float64))
+    valid = torch.rand(d.shape) > 0.2
+    def f(x):
+        out, shift, scale = normalize_disparity_reference(x, valid)
+        return (out * torch.linspace(-1, 2, out.numel(), dtype=x.dtype).view(out.shape)).sum() \
+            + 0.3 * shift.sum() - 0.7 * scale.sum()
+    torch.autograd.gradcheck(f, (d.requires_grad_(True),), eps=1e-7, atol=1e-5)
+
+
+def test_tied_median_gradient_is_shared_equally():
+    d = torch.tensor([[1.0, 2.0, 2.0, 2.0, 5.0]])
+    valid = torch.ones_like(d, dtype=torch.bool)
+    grads = {}
+    for backend in ["reference", *FAST]:
+        x = d.clone().view(1, 1, 5).requires_grad_(True)
+        with rk.use_backend(backend):
+            _, shift, _ = rk.normalize_disparity(x, valid.view(1, 1, 5))
+            shift.sum().backward()
+        grads[backend] = x.grad.view(-1)
+    torch.testing.assert_close(grads["reference"], torch.tensor([0, 1 / 3, 1 / 3, 1 / 3, 0]))
+    for backend in FAST:
+        torch.testing.assert_close(grads[backend], grads["reference"])
+
+
+# ----------------------------------------------------------------------------- real data
+
+def test_real_middlebury_pair():
+    skimage_data = pytest.importorskip("skimage.data")
+    _, _, disp = skimage_data.stereo_motorcycle()
+    disp = torch.from_numpy(np.ascontiguousarray(disp, dtype=np.float32))[::2, ::2].contiguous()
+    assert torch.isinf(disp).any(), "the pair's ground truth should have inf holes"
+    clip = torch.stack([disp[:, i:i + 200] for i in (0, 17, 40)])  # a crop-pan clip (3, H, 200)
+    ref = normalize_disparity_reference(clip, None, "clip")
+    for backend in FAST:
+        with rk.use_backend(backend):
+            out = rk.normalize_disparity(clip, per="clip")
+        for a, b in zip(out, ref):
+            assert_parity(a, b)
+    valid = torch.isfinite(clip) & (clip > 0)
+    vals = ref[0][valid].double()
+    assert abs(vals.median().item()) < 1e-3 and abs((vals - vals.median()).abs().mean() - 0.5) < 1e-3
+
+
+# ----------------------------------------------------------------------------- alignment, metrics
+
+@pytest.mark.parametrize("per", ["frame", "clip", "all"])
+def test_align_scale_shift_recovers_affine_and_matches_lstsq(per):
+    pred = torch.rand(2, 3, 9, 11) + 0.1
+    valid = torch.rand(pred.shape) > 0.3
+    target = 2.5 * pred - 0.3 + 0.01 * torch.randn_like(pred)
+    aligned, s, t = rk.align_scale_shift(pred, target, valid, per=per)
+    groups = {"frame": pred.reshape(6, -1), "clip": pred.reshape(2, -1), "all": pred.reshape(1, -1)}[per]
+    tg = target.reshape(groups.shape)
+    vg = valid.reshape(groups.shape)
+    for i in range(groups.shape[0]):
+        a = np.stack([groups[i][vg[i]].numpy(), np.ones(int(vg[i].sum()))], 1)
+        sol = np.linalg.lstsq(a.astype(np.float64), tg[i][vg[i]].numpy().astype(np.float64), rcond=None)[0]
+        assert abs(s.reshape(-1)[i].item() - sol[0]) < 1e-4 and abs(t.reshape(-1)[i].item() - sol[1]) < 1e-4
+    assert abs(s.mean().item() - 2.5) < 0.05
+
+
+def test_align_degenerate_groups():
+    pred = torch.ones(2, 4, 4)
+    target = torch.rand(2, 4, 4)
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[1] = False
+    _, s, t = rk.align_scale_shift(pred, target, valid, per="frame")
+    assert s[0] == 0 and torch.isclose(t[0], target[0].mean())
+    assert s[1] == 1 and t[1] == 0
+
+
+def test_abs_rel_and_delta1_match_numpy():
+    gt = torch.rand(2, 3, 10, 12) * 10 + 0.5
+    pred = gt * torch.exp(0.3 * torch.randn_like(gt))
+    valid = torch.rand(gt.shape) > 0.25
+    p, g, v = pred.numpy(), gt.numpy(), valid.numpy()
+    ar = np.abs(p - g) / g
+    ratio = np.maximum(p / g, g / p)
+    np.testing.assert_allclose(rk.abs_rel(pred, gt, valid).item(), ar[v].mean(), rtol=1e-5)
+    np.testing.assert_allclose(rk.delta1(pred, gt, valid).item(), (ratio[v] < 1.25).mean(), rtol=1e-6)
+    per_clip = rk.abs_rel(pred, gt, valid, per="clip")
+    np.testing.assert_allclose(per_clip[1].item(), ar[1][v[1]].mean(), rtol=1e-5)
+    per_frame = rk.delta1(pred, gt, valid, per="frame")
+    assert per_frame.shape == (2, 3)
+    np.testing.assert_allclose(per_frame[0, 2].item(), (ratio[0, 2][v[0, 2]] < 1.25).mean(), rtol=1e-6)
+
+
+def test_metrics_protocol_perfect_prediction_up_to_affine():
+    gt_depth = torch.rand(4, 16, 16) * 20 + 1
+    gt_disp, valid = rk.depth_to_disparity(gt_depth)
+    pred_disp = 0.3 * gt_disp + 0.05  # an affine-invariant prediction
+    aligned, _, _ = rk.align_scale_shift(pred_disp, gt_disp, valid, per="clip")
+    pred_depth = 1.0 / aligned
+    assert rk.abs_rel(pred_depth, gt_depth, valid).item() < 1e-5
+    assert rk.delta1(pred_depth, gt_depth, valid).item() == 1.0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: rk.depth_to_disparity(torch.ones(3, 4, dtype=torch.int32)), "depth.*int32"),
+    (lambda: rk.depth_to_disparity(torch.ones(3, 4, dtype=torch.complex64)), "depth.*complex64"),
+    (lambda: rk.depth_to_disparity(torch.ones(3, 4), min_depth=5, max_depth=1), "min_depth=5"),
+    (lambda: rk.depth_to_disparity([1.0, 2.0]), "depth must be a torch.Tensor"),
+    (lambda: rk.normalize_disparity(torch.ones(4, dtype=torch.float32)), r"at least 2 dims.*\(4,\)"),
+    (lambda: rk.normalize_disparity(torch.ones(4, 5), per="clip"), r"at least 3 dims.*\(4, 5\)"),
+    (lambda: rk.normalize_disparity(torch.ones(4, 5), per="video"), "per must be.*'video'"),
+    (lambda: rk.normalize_disparity(torch.ones(4, 5, dtype=torch.int64)), "disparity.*int64"),
+    (lambda: rk.normalize_disparity(torch.ones(4, 5), torch.ones(4, 6, dtype=torch.bool)), r"valid.*\(4, 6\)"),
+    (lambda: rk.normalize_disparity(torch.ones(4, 5), torch.ones(4, 5)), "valid.*torch.float32"),
+    (lambda: rk.normalize_disparity(torch.ones(4, 5), torch.ones(4, 5, dtype=torch.bool, device="meta")),
+     "valid.*device.*meta"),
+    (lambda: rk.denormalize_disparity(torch.ones(2, 4, 5), torch.ones(3), torch.ones(3)), r"shift/scale"),
+    (lambda: rk.align_scale_shift(torch.ones(2, 3), torch.ones(2, 4)), "pred and target"),
+    (lambda: rk.abs_rel(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.int16)), "gt_depth.*int16"),
+])
+def test_bad_input_raises_value_error_naming_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_nan_inf_negative_depth_is_data_not_error():
+    depth = torch.tensor([[math.nan, math.inf, -2.0, 0.0, 3.0]])
+    disp, valid = rk.depth_to_disparity(depth)
+    assert valid.tolist() == [[False, False, False, False, True]]
+    assert disp[0, 4] == pytest.approx(1 / 3)
+
+
+# ----------------------------------------------------------------------------- backends
+
+def test_backend_selection_and_errors(monkeypatch):
+    d = torch.rand(2, 4, 4) + 0.1
+    with pytest.raises(rk.BackendUnavailableError, match="'cuda' is not implemented for this op"):
+        with rk.use_backend("cuda"):
+            rk.normalize_disparity(d)
+    with pytest.raises(ValueError, match="backend must be one of.*'fast'"):
+        with rk.use_backend("fast"):
+            pass
+    monkeypatch.setenv("RGBD_KERNELS_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="RGBD_KERNELS_BACKEND.*'bogus'"):
+        rk.get_backend()
+    monkeypatch.setenv("RGBD_KERNELS_BACKEND", "reference")
+    assert rk.get_backend() == "reference"
+    with rk.use_backend("cpp"):
+        assert rk.get_backend() == "cpp"
+    monkeypatch.delenv("RGBD_KERNELS_BACKEND")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(rk.BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        with rk.use_backend("triton"):
+            rk.normalize_disparity(d)
+
+
+def test_auto_uses_cpp_on_cpu(monkeypatch):
+    from rgbd_kernels import backend
+
+    assert backend.select_backend("x", torch.device("cpu"), ("cpp", "triton")) == "cpp"
+    assert backend.select_backend("x", torch.device("cpu"), ("triton",)) == "reference"
+
+
+# ----------------------------------------------------------------------------- harness, op checks
+
+def test_poisoned_outputs_make_unwritten_elements_fail():
+    buf = _buffers.empty((3, 4), dtype=torch.float32, device=torch.device("cpu"))
+    assert torch.isnan(buf).all()
+    with pytest.raises(AssertionError, match="unwritten"):
+        assert_parity(buf, torch.zeros(3, 4))
+    assert tolerance(torch.bfloat16) == 2e-2
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+def test_opcheck(backend):
+    d, valid = random_disparity((2, 3, 6, 7))
+    rows, vrows = d.reshape(6, 42), valid.reshape(6, 42)
+    with rk.use_backend(backend):
+        torch.library.opcheck(_depth_to_disparity_op, (d, 0.1, 10.0))
+        torch.library.opcheck(_normalize_rows_op, (rows.clone().requires_grad_(True), vrows))
+        out, stats = _normalize_rows_op(rows, vrows)
+        torch.library.opcheck(_normalize_rows_backward_op,
+                              (torch.randn_like(rows), torch.randn_like(stats), rows, vrows, stats))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_torch_compile_fullgraph(backend):
+    d, valid = random_disparity((2, 3, 10, 9))
+
+    def pipeline(depth, valid):
+        disp, v = rk.depth_to_disparity(depth, 0.05)
+        out, shift, scale = rk.normalize_disparity(disp, v & valid, per="clip")
+        return out * 2 + shift[:, None, None, None], scale
+
+    compiled = torch.compile(pipeline, fullgraph=True, backend="eager" if backend == "reference" else "inductor")
+    depth = (1.0 / d).requires_grad_(True)
+    with rk.use_backend(backend):
+        got = compiled(depth, valid)
+        eager = pipeline(depth, valid)
+    for a, b in zip(got, eager):
+        assert_parity(a, b)
+    got[0].sum().backward()
+    assert torch.isfinite(depth.grad).all()
