@@ -73,6 +73,26 @@ def record(benchmark, *, seconds: float, reference_seconds: float | None = None,
         info["flops"] = int(flops)
         info["TFLOP_per_s"] = flops / seconds / 1e12 if seconds > 0 else float("nan")
     info.update(extra)
+    _RECORDS.append((benchmark.name, dict(info), seconds))
+
+
+_RECORDS: list[tuple[str, dict, float]] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A short table of the figures that pytest-benchmark's own table leaves out."""
+    rows = [(name, info, s) for name, info, s in _RECORDS if s == s]  # skip untimed runs
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("rgbd benchmark summary (ratios measured in this run)")
+    tr.write_line(f"{'benchmark':60s} {'median ms':>10s} {'ref ms':>9s} {'speedup':>8s} {'GB/s':>8s} {'TFLOP/s':>8s}")
+    for name, info, s in rows:
+        ref = info.get("reference_seconds")
+        tr.write_line(
+            f"{name[:60]:60s} {s * 1e3:10.3f} {ref * 1e3 if ref else float('nan'):9.3f} "
+            f"{info.get('speedup_vs_reference', float('nan')):8.2f} "
+            f"{info.get('GB_per_s', float('nan')):8.1f} {info.get('TFLOP_per_s', float('nan')):8.2f}")
 
 
 @pytest.fixture(scope="session")

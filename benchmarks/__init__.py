@@ -1,0 +1,1 @@
+"""pytest-benchmark files, one per op or model; helpers in conftest.py."""
