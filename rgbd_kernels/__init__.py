@@ -3,6 +3,8 @@
 Every op has a plain-PyTorch reference path and fast paths (Triton on GPUs, C++ on CPUs), chosen
 with :func:`use_backend` or ``$RGBD_KERNELS_BACKEND``; see :mod:`rgbd_kernels.backend`.
 """
+from . import nn
+from .attention import attention
 from .backend import (BACKENDS, BackendUnavailableError, available_backends, get_backend,
                       use_backend)
 from .disparity import (abs_rel, align_scale_shift, delta1, denormalize_disparity,
@@ -13,5 +15,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "available_backends", "get_backend", "use_backend",
     "depth_to_disparity", "normalize_disparity", "denormalize_disparity", "align_scale_shift",
-    "abs_rel", "delta1",
+    "abs_rel", "delta1", "attention", "nn",
 ]

@@ -1,0 +1,230 @@
+"""Scaled dot-product attention with FP8 through Transformer Engine, and bf16 fallbacks.
+
+``attention(q, k, v, layout="bshd"|"bhsd", causal=False, scale=None, backend="auto", fp8=False)``
+
+Backends:
+* ``"te"``: ``transformer_engine.pytorch.DotProductAttention`` (cached per configuration). With
+  ``fp8=True`` it runs inside TE's autocast with a ``DelayedScaling(fp8_dpa=True)`` recipe
+  (sm90 FP8 attention needs cuDNN's fused backend; head dim 128 for training).
+* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (flash / cuDNN / efficient).
+* ``"flash"``: ``flash_attn.flash_attn_func`` when flash-attn imports.
+* ``"reference"``: float32 math attention, the parity baseline.
+* ``"auto"``: with ``fp8=True``, TE FP8 when TE imports, the GPU is sm90+ and the shape is
+  supported, else (warning once with the reason) the best bf16 path: flash-attn on CUDA if it
+  imports, else SDPA. ``use_backend("reference")`` also routes "auto" to the reference.
+Optional libraries are imported on first use only; asking for a missing one explicitly raises
+:class:`~rgbd_kernels.backend.BackendUnavailableError` naming the package to install.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ._nvtx import nvtx_range
+from .backend import BackendUnavailableError, get_backend
+
+__all__ = ["attention", "attention_reference", "ATTENTION_BACKENDS", "te_fp8_recipe"]
+
+ATTENTION_BACKENDS = ("auto", "te", "sdpa", "flash", "reference")
+LAYOUTS = ("bshd", "bhsd")
+_INSTALL = {
+    "te": "transformer-engine is not installed: pip install 'rgbd-world[fp8]' "
+          "(transformer-engine[pytorch]; needs a CUDA build of torch)",
+    "flash": "flash-attn is not installed: pip install flash-attn --no-build-isolation",
+}
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                        scale: float | None = None) -> torch.Tensor:
+    """Math attention in float32 on (B, H, S, D) tensors; returns q's dtype."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
+    if causal:
+        s_q, s_k = scores.shape[-2:]
+        keep = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return torch.einsum("bhqk,bhkd->bhqd", scores.softmax(dim=-1), v.float()).to(q.dtype)
+
+
+# ----------------------------------------------------------------------------- availability
+
+@functools.lru_cache(maxsize=None)
+def _module(name: str):
+    if importlib.util.find_spec(name.split(".")[0]) is None:
+        return None
+    try:
+        return importlib.import_module(name)
+    except Exception:  # a broken install (e.g. CUDA mismatch) counts as missing
+        return None
+
+
+def _te():
+    return _module("transformer_engine.pytorch")
+
+
+def _flash():
+    return _module("flash_attn")
+
+
+def _te_fp8_unsupported_reason(q: torch.Tensor, causal: bool) -> str | None:
+    if _te() is None:
+        return _INSTALL["te"]
+    if q.device.type != "cuda":
+        return f"FP8 attention needs a CUDA tensor, got one on {q.device}"
+    major, minor = torch.cuda.get_device_capability(q.device)
+    if major < 9:
+        return f"FP8 attention needs sm90 or newer, this GPU is sm{major}{minor}"
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        return f"FP8 attention takes bf16/fp16 inputs, got {q.dtype}"
+    if q.shape[-1] not in (64, 128) or (q.requires_grad and q.shape[-1] != 128):
+        return f"FP8 attention supports head dim 128 for training (64 or 128 forward), got {q.shape[-1]}"
+    return None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _resolve(backend: str, q: torch.Tensor, causal: bool, fp8: bool) -> str:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if get_backend() == "reference":
+            return "reference"
+        if fp8:
+            reason = _te_fp8_unsupported_reason(q, causal)
+            if reason is None:
+                return "te"
+            fallback = "flash" if (q.device.type == "cuda" and _flash() is not None) else "sdpa"
+            _warn_once(f"rgbd_kernels.attention: fp8=True falls back to {fallback} without FP8: "
+                       f"{reason}")
+            return fallback
+        return "flash" if (q.device.type == "cuda" and _flash() is not None
+                           and q.dtype in (torch.bfloat16, torch.float16)) else "sdpa"
+    if backend == "te":
+        if _te() is None:
+            raise BackendUnavailableError(f"attention: backend 'te' cannot run: {_INSTALL['te']}")
+        if q.device.type != "cuda":
+            raise BackendUnavailableError(f"attention: backend 'te' needs CUDA tensors, got {q.device}")
+        if fp8:
+            reason = _te_fp8_unsupported_reason(q, causal)
+            if reason is not None:
+                raise BackendUnavailableError(f"attention: FP8 through TE cannot run: {reason}")
+    if backend == "flash":
+        if _flash() is None:
+            raise BackendUnavailableError(f"attention: backend 'flash' cannot run: {_INSTALL['flash']}")
+        if q.device.type != "cuda":
+            raise BackendUnavailableError(f"attention: backend 'flash' needs CUDA tensors, got {q.device}")
+    if fp8 and backend in ("sdpa", "flash", "reference"):
+        raise ValueError(f"fp8=True needs backend 'te' or 'auto', got backend={backend!r}")
+    return backend
+
+
+# ----------------------------------------------------------------------------- TE path
+
+def te_fp8_recipe():
+    """The DelayedScaling recipe used for FP8 attention (HYBRID format, fp8_dpa=True)."""
+    from transformer_engine.common import recipe
+
+    r = recipe.DelayedScaling(fp8_format=recipe.Format.HYBRID, amax_history_len=16,
+                              amax_compute_algo="max")
+    r.fp8_dpa = True  # FP8 inside the attention kernel (not only the linears)
+    return r
+
+
+def _te_autocast(fp8: bool):
+    te = _te()
+    if hasattr(te, "autocast"):  # TE >= 2.8
+        return te.autocast(enabled=fp8, recipe=te_fp8_recipe() if fp8 else None)
+    return te.fp8_autocast(enabled=fp8, fp8_recipe=te_fp8_recipe() if fp8 else None)
+
+
+@functools.lru_cache(maxsize=64)
+def _te_module(heads: int, head_dim: int, causal: bool, scale: float, device: torch.device):
+    te = _te()
+    module = te.DotProductAttention(
+        num_attention_heads=heads, kv_channels=head_dim, attention_dropout=0.0,
+        qkv_format="bshd", attn_mask_type="causal" if causal else "no_mask",  # TE defaults to causal
+        softmax_scale=scale)
+    return module.to(device)
+
+
+def _te_attention(q, k, v, causal, scale, fp8):
+    b, s, h, d = q.shape
+    module = _te_module(h, d, causal, float(scale), q.device)
+    with _te_autocast(fp8):
+        out = module(q, k, v)
+    return out.view(b, s, h, d)
+
+
+# ----------------------------------------------------------------------------- public
+
+def _check(q, k, v, layout, causal, scale):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D ({layout}), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"{name} must match q's dtype {q.dtype} and device {q.device}, "
+                             f"got {t.dtype} on {t.device}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'bshd' or 'bhsd', got {layout!r}")
+    hdim = 2 if layout == "bshd" else 1
+    sdim = 1 if layout == "bshd" else 2
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if (q.shape[0], q.shape[hdim], q.shape[3]) != (k.shape[0], k.shape[hdim], k.shape[3]):
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch, heads "
+                         f"and head dim (layout {layout!r})")
+    if causal and q.shape[sdim] != k.shape[sdim]:
+        raise ValueError(f"causal=True needs as many queries as keys, got {q.shape[sdim]} and "
+                         f"{k.shape[sdim]}")
+    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+        raise ValueError(f"scale must be a positive number or None, got {scale!r}")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str = "bshd",
+              causal: bool = False, scale: float | None = None, backend: str = "auto",
+              fp8: bool = False) -> torch.Tensor:
+    """softmax(q k^T * scale [+ causal mask]) v.
+
+    Args:
+        q: (B, S_q, H, D) for layout "bshd" or (B, H, S_q, D) for "bhsd"; k, v: same with S_kv
+            (S_kv == S_q when causal). Any float dtype; all three on one device.
+        causal: mask keys after the query position (top-left aligned).
+        scale: softmax scale, default 1/sqrt(D).
+        backend, fp8: see the module docstring.
+    Returns:
+        (B, S_q, H, D) or (B, H, S_q, D), the input layout, in q's dtype.
+    """
+    _check(q, k, v, layout, causal, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    chosen = _resolve(backend, q, causal, fp8)
+    with nvtx_range(f"rgbd.attention.{chosen}"):
+        if chosen in ("te", "flash"):  # both take bshd
+            qs, ks, vs = (t if layout == "bshd" else t.transpose(1, 2) for t in (q, k, v))
+            if chosen == "te":
+                out = _te_attention(qs, ks, vs, causal, scale, fp8)
+            else:
+                out = _flash().flash_attn_func(qs, ks, vs, softmax_scale=scale, causal=causal)
+            return out if layout == "bshd" else out.transpose(1, 2)
+        qh, kh, vh = (t if layout == "bhsd" else t.transpose(1, 2) for t in (q, k, v))
+        if chosen == "sdpa":
+            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale)
+        else:
+            out = attention_reference(qh, kh, vh, causal=causal, scale=scale)
+        return out if layout == "bhsd" else out.transpose(1, 2)

@@ -1,0 +1,85 @@
+"""The DiT attention block: fused projections, per-head QK RMSNorm, optional RoPE, any backend."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..attention import ATTENTION_BACKENDS, _INSTALL, _te, _te_autocast, attention
+from ..backend import BackendUnavailableError
+
+Rope = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Attention(nn.Module):
+    """Multi-head self- or cross-attention as in Cosmos-Predict2's DiT.
+
+    Self-attention (``context_dim=None``): one fused QKV projection. Cross-attention: a Q
+    projection of ``x`` and a fused KV projection of ``context``. No biases. q and k get a
+    per-head RMSNorm (``qk_norm``), then ``rope`` if given, then :func:`rgbd_kernels.attention`.
+
+    Args:
+        dim: model width; heads: number of heads; head_dim: default dim // heads.
+        context_dim: width of the cross-attention context (e.g. 1024 for T5), or None.
+        causal: causal mask (self-attention only). backend, fp8: as in :func:`attention`.
+        te_linear: run the linear layers as Transformer Engine ``te.Linear`` (FP8 under the
+            same recipe when ``fp8``); needs transformer-engine.
+    Shapes: x (B, S, dim), context (B, S_ctx, context_dim) -> (B, S, dim).
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int | None = None,
+                 context_dim: int | None = None, qk_norm: bool = True, eps: float = 1e-6,
+                 causal: bool = False, backend: str = "auto", fp8: bool = False,
+                 te_linear: bool = False):
+        super().__init__()
+        if heads <= 0 or dim <= 0:
+            raise ValueError(f"dim and heads must be positive, got dim={dim}, heads={heads}")
+        if head_dim is None:
+            if dim % heads:
+                raise ValueError(f"dim={dim} is not divisible by heads={heads}; pass head_dim")
+            head_dim = dim // heads
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+        if causal and context_dim is not None:
+            raise ValueError("causal=True is for self-attention; got a context_dim (cross-attention)")
+        if te_linear and _te() is None:
+            raise BackendUnavailableError(f"Attention(te_linear=True): {_INSTALL['te']}")
+        linear = _te().Linear if te_linear else nn.Linear
+        self.heads, self.head_dim, self.causal = heads, head_dim, causal
+        self.backend, self.fp8, self.te_linear = backend, fp8, te_linear
+        inner = heads * head_dim
+        self.is_cross = context_dim is not None
+        if self.is_cross:
+            self.q_proj = linear(dim, inner, bias=False)
+            self.kv_proj = linear(context_dim, 2 * inner, bias=False)
+        else:
+            self.qkv_proj = linear(dim, 3 * inner, bias=False)
+        self.q_norm = nn.RMSNorm(head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.out_proj = linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                rope: Rope | None = None) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"x must be (B, S, dim), got shape {tuple(x.shape)}")
+        if self.is_cross and context is None:
+            raise ValueError("this is a cross-attention block: pass context (B, S_ctx, context_dim)")
+        if not self.is_cross and context is not None:
+            raise ValueError("this is a self-attention block: context must be None")
+        b, s, _ = x.shape
+        h, d = self.heads, self.head_dim
+        linear_ctx = _te_autocast(self.fp8) if self.te_linear else contextlib.nullcontext()
+        with linear_ctx:
+            if self.is_cross:
+                q = self.q_proj(x).view(b, s, h, d)
+                k, v = self.kv_proj(context).view(b, context.shape[1], 2, h, d).unbind(2)
+            else:
+                q, k, v = self.qkv_proj(x).view(b, s, 3, h, d).unbind(2)
+            q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = rope(q), rope(k)
+            out = attention(q, k, v, layout="bshd", causal=self.causal, backend=self.backend,
+                            fp8=self.fp8)
+            return self.out_proj(out.reshape(b, s, h * d))
