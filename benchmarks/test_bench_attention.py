@@ -7,8 +7,8 @@ Run: ``pytest benchmarks/test_bench_attention.py --benchmark-only``.
 import pytest
 import torch
 
-from rgbd_kernels import attention as attn_mod
-from rgbd_kernels.attention import attention
+from rgbd_kernels import dot_product_attention as attn_mod
+from rgbd_kernels.dot_product_attention import attention
 
 from .conftest import DEVICE, median_time, record, run_benchmark
 

@@ -4,7 +4,7 @@ Every op has a plain-PyTorch reference path and fast paths (Triton on GPUs, C++ 
 with :func:`use_backend` or ``$RGBD_KERNELS_BACKEND``; see :mod:`rgbd_kernels.backend`.
 """
 from . import nn
-from .attention import attention
+from .dot_product_attention import attention
 from .backend import (BACKENDS, BackendUnavailableError, available_backends, get_backend,
                       use_backend)
 from .disparity import (abs_rel, align_scale_shift, delta1, denormalize_disparity,

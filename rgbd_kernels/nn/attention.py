@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..attention import ATTENTION_BACKENDS, _INSTALL, _te, _te_autocast, attention
+from ..dot_product_attention import ATTENTION_BACKENDS, _INSTALL, _te, _te_autocast, attention
 from ..backend import BackendUnavailableError
 
 Rope = Callable[[torch.Tensor], torch.Tensor]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import rgbd_kernels as rk
-from rgbd_kernels import attention as attn_mod
-from rgbd_kernels.attention import attention, attention_reference
+from rgbd_kernels import dot_product_attention as attn_mod
+from rgbd_kernels.dot_product_attention import attention, attention_reference
 from rgbd_kernels.nn import Attention
 from rgbd_kernels.testing import FP8_TOLERANCE, assert_parity
 
