@@ -44,3 +44,21 @@ def test_normalize_disparity(benchmark, copy_bandwidth, shape, path):
     record(benchmark, seconds=seconds, reference_seconds=ref_seconds, bytes_moved=nbytes,
            shape=list(shape), dtype="float32", path=path,
            percent_of_copy_bandwidth=100 * nbytes / seconds / copy_bandwidth)
+
+
+@pytest.mark.parametrize("path", PATHS[:1])
+def test_depth_to_disparity(benchmark, copy_bandwidth, path):
+    shape = SHAPES[0]
+    depth = torch.rand(shape, device=DEVICE) * 10
+    reference = lambda: rk.disparity.depth_to_disparity_reference(depth, 0.1, 80.0)  # noqa: E731
+
+    def fn():
+        with rk.use_backend(path):
+            return rk.depth_to_disparity(depth, 0.1, 80.0)
+
+    torch.testing.assert_close(fn()[0], reference()[0])
+    seconds = run_benchmark(benchmark, fn)
+    nbytes = depth.numel() * (4 + 4 + 1)
+    record(benchmark, seconds=seconds, reference_seconds=median_time(reference), bytes_moved=nbytes,
+           shape=list(shape), dtype="float32", path=path,
+           percent_of_copy_bandwidth=100 * nbytes / seconds / copy_bandwidth)
