@@ -10,6 +10,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="print versions and which kernel backends can run here")
     info.set_defaults(func=_info)
+    from rgbd_world.data.cli import add_cache_latents_parser, add_make_data_parser
+
+    add_make_data_parser(sub)
+    add_cache_latents_parser(sub)
     return parser
 
 

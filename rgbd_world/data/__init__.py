@@ -1,0 +1,21 @@
+"""RGB-D video data: procedural scenes with captions, readers for real datasets, latent cache.
+
+- :mod:`.synthetic`: scene sampling and an exact vectorized ray caster (RGB, planar depth, K,
+  poses); :mod:`.captions`: captions from scene descriptions.
+- :mod:`.shards`: :func:`generate_dataset` (atomic, resumable shards; ``rgbd-world make-data``).
+- :mod:`.readers`: our shards, Virtual KITTI 2, TartanAir, MPI Sintel and plain folders.
+- :mod:`.dataset`: :class:`RGBDVideoDataset` (normalized disparity, crops, flips, bad-data
+  skipping).
+- :mod:`.latent_cache`: :func:`encode_dataset` and :class:`LatentDataset` for stage 2.
+"""
+from .captions import caption_scene, caption_variants
+from .dataset import BadSampleError, BadSampleWarning, RGBDVideoDataset
+from .latent_cache import LatentDataset, encode_dataset
+from .readers import FORMATS, RawClip, find_clips
+from .shards import generate_dataset
+from .synthetic import SyntheticClip, make_clip, render, sample_scene
+
+__all__ = ["sample_scene", "render", "make_clip", "SyntheticClip", "caption_scene",
+           "caption_variants", "generate_dataset", "RGBDVideoDataset", "BadSampleWarning",
+           "BadSampleError", "find_clips", "FORMATS", "RawClip", "encode_dataset",
+           "LatentDataset"]

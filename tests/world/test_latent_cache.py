@@ -1,0 +1,132 @@
+"""Latent cache: encode once with any callable, read back, atomic resumable shards, CLI."""
+import argparse
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from rgbd_world.data.cli import add_cache_latents_parser
+from rgbd_world.data.dataset import RGBDVideoDataset
+from rgbd_world.data.latent_cache import LatentDataset, encode_dataset, pool_encoder
+from rgbd_world.data.shards import generate_dataset
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("latent_src")
+    torch.set_num_threads(1)
+    generate_dataset(out, num_clips=5, frames=9, height=16, width=24, seed=2, clips_per_shard=5,
+                     progress=False)
+    return out
+
+
+class CountingEncoder:
+    """Not the tokenizer: a fixed random 1x1x1 projection after pooling, counting its calls."""
+
+    def __init__(self):
+        self.weight = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+        self.samples = 0
+
+    def __call__(self, video):
+        self.samples += video.shape[0]
+        pooled = pool_encoder(video)
+        return torch.einsum("oc,bcthw->bothw", self.weight, pooled)
+
+
+def test_encode_and_read_back(data, tmp_path):
+    ds = RGBDVideoDataset(data, frames=9, size=(16, 24), augment=False)
+    enc = CountingEncoder()
+    texts = lambda captions: torch.stack([torch.full((3, 2), float(len(c))) for c in captions])  # noqa: E731
+    encode_dataset(ds, enc, tmp_path, batch_size=2, samples_per_shard=2, text_encoder=texts,
+                   progress=False)
+    cache = LatentDataset(tmp_path)
+    assert len(cache) == 5 and enc.samples == 5
+    for i in (0, 3, 4):
+        item, sample = cache[i], ds[i]
+        video = torch.cat([sample["rgb"], sample["disparity"]], 0)[None]
+        expected = enc(video)[0]
+        assert item["latent"].shape == (6, 2, 2, 3)
+        torch.testing.assert_close(item["latent"], expected, rtol=2e-3, atol=2e-3)  # float16
+        assert item["caption"] == sample["caption"] and item["source"] == sample["source"]
+        assert torch.equal(item["K"], sample["K"]) and torch.equal(item["poses"], sample["poses"])
+        assert torch.equal(item["text"], torch.full((3, 2), float(len(sample["caption"]))))
+    batch = next(iter(torch.utils.data.DataLoader(cache, batch_size=2, num_workers=0)))
+    assert batch["latent"].shape == (2, 6, 2, 2, 3)
+
+
+def test_latent_shards_are_atomic_and_resume(data, tmp_path):
+    ds = RGBDVideoDataset(data, frames=9, size=(16, 24), augment=False)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(shard):
+        raise Interrupted
+
+    first = CountingEncoder()
+    with pytest.raises(Interrupted):
+        encode_dataset(ds, first, tmp_path, samples_per_shard=2, progress=False, on_shard=stop,
+                       encoder_name="counting")
+    (tmp_path / ".latents-000001.npz.tmp-999").write_bytes(b"garbage from a killed run")
+    assert len(LatentDataset(tmp_path)) == 2  # the finished shard only; the temp is ignored
+    again = CountingEncoder()
+    encode_dataset(ds, again, tmp_path, samples_per_shard=2, progress=False,
+                   encoder_name="counting")
+    assert first.samples == 2 and again.samples == 3  # shard 0 was not re-encoded
+    assert len(LatentDataset(tmp_path)) == 5
+    assert not list(tmp_path.glob(".*.tmp-*"))
+    with pytest.raises(ValueError, match="other settings"):
+        encode_dataset(ds, again, tmp_path, samples_per_shard=3, progress=False,
+                       encoder_name="counting")
+
+
+def test_bad_latent_shard_is_skipped_and_empty_cache_raises(data, tmp_path):
+    with pytest.raises(ValueError, match="no latent samples"):
+        LatentDataset(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        LatentDataset(tmp_path / "missing")
+    ds = RGBDVideoDataset(data, frames=9, size=(16, 24), augment=False)
+    encode_dataset(ds, pool_encoder, tmp_path, samples_per_shard=3, progress=False)
+    path = tmp_path / "latents-000001.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="latents-000001.npz"):
+        cache = LatentDataset(tmp_path)
+    assert len(cache) == 3 and cache.num_skipped == 1
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser()
+    add_cache_latents_parser(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_cache_latents(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["cache-latents", "--data", str(data), "--out", str(out), "--frames", "9",
+            "--height", "16", "--width", "24", "--no-progress"]
+    assert _cli(base[:1] + ["--tokenizer", str(tmp_path / "none.pt")] + base[1:]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    ckpt = tmp_path / "tok.pt"
+    ckpt.write_bytes(b"\0")
+    try:
+        has_loader = hasattr(importlib.import_module("rgbd_world.tokenizer"), "load_encoder")
+    except ImportError:
+        has_loader = False
+    if not has_loader:  # until the tokenizer issue lands its checkpoint loader
+        assert _cli(base[:1] + ["--tokenizer", str(ckpt)] + base[1:]) == 2
+        assert "not available in this build yet" in capsys.readouterr().err
+    spec = "rgbd_world.data.latent_cache:pool_encoder"
+    assert _cli(base[:1] + ["--tokenizer", spec] + base[1:]) == 0
+    cache = LatentDataset(out)
+    assert len(cache) == 5 and cache[0]["latent"].shape == (4, 2, 2, 3)
+    assert np.isfinite(cache[0]["latent"].numpy()).all() and cache[0]["latent"].std() > 0
