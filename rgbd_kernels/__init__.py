@@ -4,7 +4,10 @@ Every op has a plain-PyTorch reference path and fast paths (Triton on GPUs, C++ 
 with :func:`use_backend` or ``$RGBD_KERNELS_BACKEND``; see :mod:`rgbd_kernels.backend`.
 """
 from . import nn
+from .causal_conv3d import (causal_conv3d, causal_conv3d_output_frames, causal_conv3d_reference,
+                            causal_conv3d_stream, causal_time_pad)
 from .dot_product_attention import attention
+from .nn import CausalConv3d
 from .backend import (BACKENDS, BackendUnavailableError, available_backends, get_backend,
                       use_backend)
 from .disparity import (abs_rel, align_scale_shift, delta1, denormalize_disparity,
@@ -15,5 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "available_backends", "get_backend", "use_backend",
     "depth_to_disparity", "normalize_disparity", "denormalize_disparity", "align_scale_shift",
-    "abs_rel", "delta1", "attention", "nn",
+    "abs_rel", "delta1", "attention", "nn", "causal_conv3d", "causal_conv3d_stream",
+    "causal_conv3d_reference", "causal_time_pad", "causal_conv3d_output_frames", "CausalConv3d",
 ]
