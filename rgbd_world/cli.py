@@ -14,7 +14,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_make_data_parser(sub)
     add_cache_latents_parser(sub)
+    ev = sub.add_parser("eval-tokenizer", help="PSNR/SSIM and depth AbsRel/delta1/boundary F1 "
+                        "of a tokenizer training run on held-out clips")
+    ev.add_argument("--run", required=True, help="run directory of train.py --stage tokenizer[-rgb]")
+    ev.add_argument("--data", default=None, help="dataset directory (default: fresh procedural clips)")
+    ev.add_argument("--num-clips", type=int, default=16)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    ev.set_defaults(func=_eval_tokenizer)
     return parser
+
+
+def _eval_tokenizer(args: argparse.Namespace) -> int:
+    import json
+
+    from rgbd_world.eval import evaluate_run
+
+    metrics = evaluate_run(args.run, args.data, args.num_clips, args.device, ema=not args.no_ema)
+    for key, value in metrics.items():
+        print(f"{key:12s} {value:.4f}" if isinstance(value, float) else f"{key:12s} {value}")
+    print(json.dumps(metrics))
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:

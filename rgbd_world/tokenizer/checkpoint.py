@@ -1,0 +1,97 @@
+"""Rebuild a tokenizer from a training run, or from a Cosmos checkpoint the user has on disk.
+
+* :func:`load_tokenizer` -- a run directory of ``train.py --stage tokenizer|tokenizer-rgb``
+  (``model_config.json`` + ``checkpoints/step_*/``), its EMA weights by default.
+* :func:`load_cosmos_tokenizer` -- ``autoencoder.jit`` (or a directory holding it, or
+  ``encoder.jit`` + ``decoder.jit``) of NVIDIA's Cosmos continuous video tokenizer.
+* :func:`load_encoder` -- either of the above as a callable ``x -> latent`` (for the latent cache).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .config import TokenizerConfig
+from .cosmos_compat import load_cosmos_state_dict
+from .model import VideoTokenizer
+
+
+def config_to_dict(config: TokenizerConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data: dict) -> TokenizerConfig:
+    fields = {f.name for f in dataclasses.fields(TokenizerConfig)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"unknown TokenizerConfig fields {unknown}")
+    return TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def load_tokenizer(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu",
+                   step: int | None = None) -> VideoTokenizer:
+    """The tokenizer of a training run (newest complete checkpoint, or ``step``), in eval mode."""
+    from safetensors.torch import load_file
+
+    from rgbd_world.train.checkpoint import checkpoint_root, latest_checkpoint
+
+    run = Path(path)
+    cfg_file = run / "model_config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{run} is not a tokenizer run directory: no model_config.json")
+    ckpt = latest_checkpoint(run) if step is None else checkpoint_root(run) / f"step_{step:09d}"
+    if ckpt is None or not (ckpt / "COMPLETE").exists():
+        raise FileNotFoundError(f"no complete checkpoint under {checkpoint_root(run)}")
+    model = VideoTokenizer(config_from_dict(json.loads(cfg_file.read_text())["tokenizer"]))
+    state = load_file(ckpt / "model.safetensors")
+    if ema:
+        state.update(load_file(ckpt / "ema.safetensors"))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def load_cosmos_tokenizer(path: str | os.PathLike, preset: str = "cosmos-cv8x8x8",
+                          device: str | torch.device = "cpu") -> VideoTokenizer:
+    """Cosmos's TorchScript autoencoder (or encoder + decoder) loaded into our RGB preset."""
+    p = Path(path)
+    files = [p] if p.is_file() else [p / "autoencoder.jit"] if (p / "autoencoder.jit").exists() \
+        else [p / "encoder.jit", p / "decoder.jit"]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"Cosmos tokenizer files not found: {missing}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        part = torch.jit.load(str(f), map_location="cpu").state_dict()
+        prefix = {"encoder.jit": "encoder.", "decoder.jit": "decoder."}.get(f.name, "")
+        for k, v in part.items():
+            key = k if (not prefix or k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv"))) \
+                else prefix + k
+            state[key] = v
+    model = VideoTokenizer(preset, in_channels=3)
+    load_cosmos_state_dict(model, state)
+    return model.to(device).eval()
+
+
+def load_any_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu",
+                       preset: str = "cosmos-cv8x8x8") -> VideoTokenizer:
+    """A training run directory, else a Cosmos checkpoint."""
+    p = Path(path)
+    if (p / "model_config.json").exists():
+        return load_tokenizer(p, device=device)
+    return load_cosmos_tokenizer(p, preset=preset, device=device)
+
+
+def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``x (B, C, T, H, W) -> latent`` of the tokenizer at ``path`` (no grad)."""
+    model = load_any_tokenizer(path, device=device)
+
+    @torch.no_grad()
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return model.encode(x.to(device))
+
+    encode.model = model
+    return encode

@@ -1,0 +1,39 @@
+"""Command line of ``train.py`` (also ``rgbd-world train``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ConfigError, load_config
+from .stages import STAGES
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train a stage of rgbd-world (1 process or torchrun).")
+    p.add_argument("--stage", required=True, choices=sorted(STAGES), help="what to train")
+    p.add_argument("--config", required=True, help="configs/<name>.toml preset name, or a .toml path")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in run.out_dir")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. optim.lr=3e-4 run.steps=200")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"train.py: {exc}", file=sys.stderr)
+        return 2
+    from .trainer import TrainingDiverged, train
+
+    try:
+        summary = train(args.stage, cfg, resume=args.resume)
+    except TrainingDiverged as exc:
+        print(f"train.py: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps({"done": summary["step"], "checkpoint": summary["checkpoint"],
+                      "last": summary["last"]}, default=str))
+    return 0

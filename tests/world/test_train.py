@@ -1,0 +1,119 @@
+"""Training system: configs, kill-and-resume equality, DDP/FSDP2 == 1 process, divergence guard."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rgbd_world.train.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ["--config", "tiny-cpu", "run.ckpt_every=3", "run.sample_every=0", "data.num_clips=8",
+        "data.batch_size=2", "data.height=32", "data.width=32", "data.frames=9"]
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.pop("RGBD_TRAIN_KILL_AT", None)
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def run_train(out_dir, *args, stage="tokenizer", kill_at=None, nproc=1, data_root=None, timeout=600):
+    cmd = [sys.executable]
+    if nproc > 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}"]
+    cmd += [str(ROOT / "train.py"), "--stage", stage, *BASE, f"run.out_dir={out_dir}",
+            f"data.root={data_root}", *args]
+    env = _env(**({"RGBD_TRAIN_KILL_AT": kill_at} if kill_at else {}))
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def losses(out_dir):
+    lines = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"], r.get("rgb"), r.get("disparity")) for r in map(json.loads, lines)]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from rgbd_world.data import generate_dataset
+
+    root = tmp_path_factory.mktemp("rgbd-data")
+    generate_dataset(root, 8, frames=9, height=32, width=32, seed=0, progress=False)
+    return root
+
+
+# ----------------------------------------------------------------------------- configs
+
+def test_config_presets_and_overrides():
+    cfg = load_config("tiny-cpu", ["optim.lr=3e-4", "run.steps=7", "parallel.strategy=fsdp",
+                                   "optim.betas=[0.8, 0.9]"])
+    assert cfg["optim"]["lr"] == 3e-4 and cfg["run"]["steps"] == 7
+    assert cfg["parallel"]["strategy"] == "fsdp" and cfg["optim"]["betas"] == [0.8, 0.9]
+    for name in ("small-gpu", "cosmos-cv8x8x8"):
+        assert load_config(name)["model"]["preset"]
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        load_config("tiny-cpu", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config("tiny-cpu", ["steps"])
+    with pytest.raises(ConfigError, match="not found.*tiny-cpu"):
+        load_config("no-such-config")
+
+
+# ----------------------------------------------------------------------------- resume
+
+@pytest.mark.parametrize("kill_at", ["step:5", "save:6"], ids=["mid-run", "mid-save"])
+def test_kill_and_resume_reproduces_uninterrupted_losses(tmp_path, data_root, kill_at):
+    ref = run_train(tmp_path / "ref", "run.steps=8", data_root=data_root)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "killed"
+    killed = run_train(out, "run.steps=8", kill_at=kill_at, data_root=data_root)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    if kill_at.startswith("save"):  # the half-written checkpoint must not be taken
+        assert (out / "checkpoints" / ".tmp_step_000000006").exists()
+    again = run_train(out, "run.steps=8", data_root=data_root)
+    assert again.returncode != 0 and "--resume" in again.stderr  # refuses to overwrite a run
+    resumed = run_train(out, "run.steps=8", "--resume", data_root=data_root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "step_000000003" in resumed.stdout
+    assert losses(out) == losses(tmp_path / "ref")  # bit-identical per-step losses
+    assert len(losses(out)) == 8
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one(tmp_path, data_root, strategy):
+    args = ["run.steps=4", f"parallel.strategy={strategy}", "data.batch_size=4"]
+    one = run_train(tmp_path / "one", *args, data_root=data_root)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_train(tmp_path / "two", *args, nproc=2, data_root=data_root)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [s for s, *_ in a] == [s for s, *_ in b] == [1, 2, 3, 4]
+    for (_, la, *_), (_, lb, *_) in zip(a, b):
+        assert abs(la - lb) <= 1e-4 * abs(la), (a, b)
+    assert a[0][1] != a[-1][1]
+
+
+# ----------------------------------------------------------------------------- divergence
+
+def test_nonfinite_losses_are_skipped_then_stop_with_checkpoint(tmp_path, data_root):
+    out = tmp_path / "diverge"
+    result = run_train(out, "run.steps=20", "optim.lr=1e30", "optim.warmup_steps=0",
+                       "optim.grad_clip=1e30", "run.max_consecutive_nonfinite=3",
+                       stage="tokenizer-rgb", data_root=data_root)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "consecutive non-finite losses" in result.stderr
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in records][-3:] == [True, True, True]
+    assert records[-1]["nonfinite_total"] >= 3
+    from rgbd_world.train.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(out) is not None
