@@ -7,7 +7,11 @@ from . import nn
 from .causal_conv3d import (causal_conv3d, causal_conv3d_output_frames, causal_conv3d_reference,
                             causal_conv3d_stream, causal_time_pad)
 from .dot_product_attention import attention
+from .flow_matching import (flow_interpolate, flow_interpolate_reference, flow_matching_loss,
+                            flow_matching_loss_reference)
 from .nn import CausalConv3d
+from .timesteps import (sample_logit_normal, sample_timesteps, sample_uniform, shift_for_frames,
+                        shift_timesteps, timestep_cdf, unshift_timesteps)
 from .backend import (BACKENDS, BackendUnavailableError, available_backends, get_backend,
                       use_backend)
 from .disparity import (abs_rel, align_scale_shift, delta1, denormalize_disparity,
@@ -20,4 +24,7 @@ __all__ = [
     "depth_to_disparity", "normalize_disparity", "denormalize_disparity", "align_scale_shift",
     "abs_rel", "delta1", "attention", "nn", "causal_conv3d", "causal_conv3d_stream",
     "causal_conv3d_reference", "causal_time_pad", "causal_conv3d_output_frames", "CausalConv3d",
+    "flow_interpolate", "flow_matching_loss", "flow_interpolate_reference",
+    "flow_matching_loss_reference", "sample_timesteps", "sample_uniform", "sample_logit_normal",
+    "shift_timesteps", "unshift_timesteps", "shift_for_frames", "timestep_cdf",
 ]

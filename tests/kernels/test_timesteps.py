@@ -1,0 +1,127 @@
+"""Timestep samplers: empirical distributions against analytic CDFs (KS statistic), the shift."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rgbd_kernels.timesteps import (sample_logit_normal, sample_timesteps, sample_uniform,
+                                    shift_for_frames, shift_timesteps, timestep_cdf,
+                                    unshift_timesteps)
+
+N_DRAWS = 100_000
+KS_THRESHOLD = 0.01  # the 99.9% critical value for n = 100k is 1.95 / sqrt(n) = 0.0062
+
+
+def ks_statistic(samples: torch.Tensor, cdf) -> float:
+    """Two-sided Kolmogorov-Smirnov statistic sup |F_n - F| of samples against a CDF."""
+    x = np.sort(samples.double().reshape(-1).numpy())
+    n = x.size
+    f = np.asarray(cdf(torch.from_numpy(x)), dtype=np.float64)
+    upper = np.arange(1, n + 1) / n - f
+    lower = f - np.arange(0, n) / n
+    return float(max(upper.max(), lower.max()))
+
+
+def normal_cdf(z):
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+
+
+CASES = {  # id: (sampler kwargs, analytic CDF written out independently of timestep_cdf)
+    "uniform": (dict(distribution="uniform"), lambda t: t),
+    "logit-normal": (dict(distribution="logit_normal"),
+                     lambda t: normal_cdf(torch.logit(t))),
+    "logit-normal-m0.5-s0.8": (dict(distribution="logit_normal", loc=0.5, scale=0.8),
+                               lambda t: normal_cdf((torch.logit(t) - 0.5) / 0.8)),
+    "uniform-shift3": (dict(distribution="uniform", shift=3.0), lambda t: t / (3 - 2 * t)),
+    "logit-normal-shift-auto16": (
+        dict(distribution="logit_normal", shift="auto", latent_frames=16),
+        lambda t: normal_cdf(torch.logit(t / (4 - 3 * t)))),
+    "logit-normal-shift0.5": (dict(distribution="logit_normal", shift=0.5),
+                              lambda t: normal_cdf(torch.logit(t / (0.5 + 0.5 * t)))),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_samples_match_analytic_cdf(case):
+    kwargs, cdf = CASES[case]
+    gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    t = sample_timesteps(N_DRAWS, generator=gen, **kwargs)
+    assert t.shape == (N_DRAWS,) and t.dtype == torch.float32
+    assert ((t >= 0) & (t <= 1)).all()
+    assert ks_statistic(t, cdf) < KS_THRESHOLD
+    assert ks_statistic(t, lambda x: timestep_cdf(x, **kwargs)) < KS_THRESHOLD
+
+
+def test_ks_rejects_a_wrong_distribution():
+    """The KS check has power: logit-normal draws fail against other CDFs."""
+    t = sample_logit_normal(N_DRAWS)
+    assert ks_statistic(t, lambda x: normal_cdf(torch.logit(x) / 1.15)) > KS_THRESHOLD
+    assert ks_statistic(t, lambda x: x) > KS_THRESHOLD
+    shifted = shift_timesteps(t, 1.2)
+    assert ks_statistic(shifted, lambda x: normal_cdf(torch.logit(x))) > KS_THRESHOLD
+
+
+def test_per_frame_sampling_is_independent_per_frame():
+    t = sample_timesteps(N_DRAWS // 10, distribution="logit_normal", latent_frames=10,
+                         per_frame=True)
+    assert t.shape == (N_DRAWS // 10, 10)
+    assert ks_statistic(t, lambda x: normal_cdf(torch.logit(x))) < KS_THRESHOLD
+    corr = np.corrcoef(t[:, 0].numpy(), t[:, 1].numpy())[0, 1]
+    assert abs(corr) < 0.03
+    assert (t[:, 0] != t[:, 1]).float().mean() > 0.99
+
+
+def test_generator_reproducibility_and_device():
+    a = sample_timesteps(64, generator=torch.Generator().manual_seed(7), shift=2.0)
+    b = sample_timesteps(64, generator=torch.Generator().manual_seed(7), shift=2.0)
+    c = sample_timesteps(64, generator=torch.Generator().manual_seed(8), shift=2.0)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    u1 = sample_uniform(5, frames=3, generator=torch.Generator().manual_seed(1))
+    u2 = sample_uniform(5, frames=3, generator=torch.Generator().manual_seed(1))
+    assert u1.shape == (5, 3) and torch.equal(u1, u2)
+    assert sample_logit_normal(4, dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize("k", [0.25, 1.0, 1.7, 3.0, math.sqrt(21)])
+def test_shift_is_monotone_in_unit_interval_and_invertible(k):
+    t = torch.linspace(0, 1, 10_001, dtype=torch.float64)
+    s = shift_timesteps(t, k)
+    assert s[0] == 0 and s[-1] == 1
+    assert ((s >= 0) & (s <= 1)).all()
+    if k == 1.0:
+        assert torch.equal(s, t)
+    else:
+        assert (s.diff() > 0).all()
+        assert ((s[1:-1] > t[1:-1]) if k > 1 else (s[1:-1] < t[1:-1])).all()
+    torch.testing.assert_close(unshift_timesteps(s, k), t, rtol=1e-12, atol=1e-12)
+    assert shift_timesteps(0.5, k) == pytest.approx(k * 0.5 / (1 + (k - 1) * 0.5))
+    t32 = torch.rand(1000)
+    s32 = shift_timesteps(t32, k)
+    assert s32.dtype == torch.float32 and ((s32 >= 0) & (s32 <= 1)).all()
+
+
+def test_shift_from_latent_frames():
+    assert shift_for_frames(16) == 4.0
+    t = torch.rand(100)
+    torch.testing.assert_close(shift_timesteps(t, latent_frames=9), shift_timesteps(t, 3.0))
+    torch.testing.assert_close(shift_timesteps(t, "auto", latent_frames=4), shift_timesteps(t, 2.0))
+    torch.testing.assert_close(shift_timesteps(t.half(), 2.0).float(),
+                               shift_timesteps(t.half().float(), 2.0), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: sample_timesteps(4, distribution="beta"), "distribution.*'beta'"),
+    (lambda: sample_timesteps(4, per_frame=True), "per_frame=True needs latent_frames"),
+    (lambda: sample_timesteps(4, shift="auto"), "latent_frames"),
+    (lambda: sample_timesteps(-1), "batch_size.*-1"),
+    (lambda: sample_logit_normal(4, scale=0.0), "scale > 0"),
+    (lambda: shift_timesteps(torch.rand(3), -2.0), "shift.*-2.0"),
+    (lambda: shift_timesteps(torch.rand(3), float("nan")), "shift.*nan"),
+    (lambda: shift_timesteps(torch.ones(3, dtype=torch.int64), 2.0), "t.*int64"),
+    (lambda: shift_for_frames(0), "latent_frames.*0"),
+    (lambda: sample_uniform(3, frames=0), "frames.*0"),
+])
+def test_bad_input_raises_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
