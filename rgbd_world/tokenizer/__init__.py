@@ -1,0 +1,9 @@
+"""Stage 1: the RGBD video tokenizer (Cosmos continuous video tokenizer, inflated to depth)."""
+from .config import PRESETS, TokenizerConfig
+from .cosmos_compat import (CosmosStateDictError, cosmos_key_map, inflate_to_rgbd,
+                            load_cosmos_state_dict, to_cosmos_state_dict)
+from .model import TokenizerOutput, VideoTokenizer, check_frames, check_size, latent_frames
+
+__all__ = ["TokenizerConfig", "PRESETS", "VideoTokenizer", "TokenizerOutput", "check_frames",
+           "check_size", "latent_frames", "load_cosmos_state_dict", "to_cosmos_state_dict",
+           "cosmos_key_map", "inflate_to_rgbd", "CosmosStateDictError"]
