@@ -153,9 +153,15 @@ class TokenizerLoss(nn.Module):
     """
 
     def __init__(self, weights: LossWeights | None = None,
-                 perceptual: nn.Module | str | Path | None = None):
+                 perceptual: nn.Module | str | Path | None = None,
+                 renormalize_disparity: bool = False):
         super().__init__()
         self.weights = weights or LossWeights()
+        # The tokenizer's disparity channel is already normalized (median 0, MAD 0.5 per clip),
+        # so by default the reconstruction is compared as it is. Renormalizing the prediction
+        # (affine-invariant losses) gives no gradient while the prediction is constant, e.g.
+        # right after inflate_to_rgbd, when the new output channel starts flat.
+        self.renormalize = renormalize_disparity
         if self.weights.perceptual > 0 and perceptual is None:
             raise ValueError("weights.perceptual > 0 needs a local perceptual network "
                              "(perceptual=nn.Module or a TorchScript path); nothing is "
@@ -170,8 +176,10 @@ class TokenizerLoss(nn.Module):
         terms: dict[str, torch.Tensor] = {"rgb": rgb_l1(pred[:, :3], target[:, :3])}
         if pred.shape[1] > 3:
             v = valid[:, 0] if valid is not None and valid.dim() == 5 else valid
-            terms["disparity"] = disparity_l1(pred[:, 3], target[:, 3], v)
-            terms["gradient"] = gradient_matching_loss(pred[:, 3], target[:, 3], v)
+            terms["disparity"] = disparity_l1(pred[:, 3], target[:, 3], v,
+                                              normalize=self.renormalize)
+            terms["gradient"] = gradient_matching_loss(pred[:, 3], target[:, 3], v,
+                                                       normalize=self.renormalize)
         if w.distill > 0 and student_latent is not None:
             if teacher_latent is None:
                 if teacher is None:

@@ -91,8 +91,8 @@ def test_tokenizer_loss_weighted_sum_and_teacher():
     terms = TokenizerLoss(weights)(out.reconstruction, x, student_latent=out.latent,
                                    teacher=teacher)
     want = (0.7 * rgb_l1(out.reconstruction[:, :3], x[:, :3])
-            + 1.3 * disparity_l1(out.reconstruction[:, 3], x[:, 3])
-            + 0.4 * gradient_matching_loss(out.reconstruction[:, 3], x[:, 3]))
+            + 1.3 * disparity_l1(out.reconstruction[:, 3], x[:, 3], normalize=False)
+            + 0.4 * gradient_matching_loss(out.reconstruction[:, 3], x[:, 3], normalize=False))
     assert set(terms) == {"rgb", "disparity", "gradient", "distill", "total"}
     assert terms["distill"].item() < 1e-10
     assert terms["total"].item() == pytest.approx(want.item(), rel=1e-5)
@@ -118,3 +118,16 @@ def test_perceptual_needs_local_network(tmp_path):
     frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # noqa: E731
     want = (net(frames(y)) - net(frames(x))).abs().mean()
     assert t_diff["perceptual"].item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_disparity_terms_train_a_freshly_inflated_depth_channel():
+    """Right after inflation the disparity output is flat; its loss must still give it gradient."""
+    student = inflate_to_rgbd(VideoTokenizer("tiny").eval())
+    x = torch.rand(1, 4, 9, 16, 16) * 2 - 1
+    out = student(x)
+    assert out.reconstruction[:, 3].std() < 1e-6  # flat at initialisation
+    terms = TokenizerLoss(LossWeights(rgb=0.0, disparity=1.0, gradient=1.0, distill=0.0))(
+        out.reconstruction, x)
+    terms["total"].backward()
+    grads = [p.grad for p in student.decoder.conv_out.parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0

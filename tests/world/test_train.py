@@ -117,3 +117,24 @@ def test_nonfinite_losses_are_skipped_then_stop_with_checkpoint(tmp_path, data_r
     from rgbd_world.train.checkpoint import latest_checkpoint
 
     assert latest_checkpoint(out) is not None
+
+
+# ----------------------------------------------------------------------------- learning
+
+def test_stage1_lowers_reconstruction_losses_and_evaluates(tmp_path, data_root):
+    out = tmp_path / "stage1"
+    result = run_train(out, "run.steps=120", "run.ckpt_every=120", "optim.warmup_steps=10",
+                       data_root=data_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    first = {k: sum(r[k] for r in records[:3]) / 3 for k in ("rgb", "disparity")}
+    last = {k: sum(r[k] for r in records[-10:]) / 10 for k in ("rgb", "disparity")}
+    assert last["rgb"] < 0.5 * first["rgb"], (first, last)
+    assert last["disparity"] < 0.6 * first["disparity"], (first, last)
+    ev = subprocess.run([sys.executable, "-m", "rgbd_world.cli", "eval-tokenizer", "--run", str(out),
+                         "--num-clips", "2"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=300)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    metrics = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert set(metrics) >= {"psnr", "ssim", "abs_rel", "delta1", "boundary_f1"}
+    assert metrics["psnr"] > 10 and 0 <= metrics["delta1"] <= 1 and metrics["abs_rel"] >= 0
