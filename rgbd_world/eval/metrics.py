@@ -7,7 +7,8 @@
   use_sample_covariance=False, data_range=...)`` per frame.
 * :func:`disparity_metrics`: least-squares scale and shift of the predicted disparity to the
   ground truth (per video, valid pixels, ``rgbd_kernels.align_scale_shift``), then depth
-  AbsRel and delta1 (``rgbd_kernels.abs_rel`` / ``delta1``) on depth = 1 / disparity.
+  AbsRel and delta1 (``rgbd_kernels.abs_rel`` / ``delta1``) on depth = 1 / disparity,
+  clipped to the ground truth's depth range (Marigold's protocol).
 * :func:`boundary_f1`: depth-boundary F1. An edge separates two valid 4-neighbours whose
   disparity ratio exceeds ``1 + threshold`` (relative gradient; both pixels of the pair are
   marked); predicted (aligned) and ground-truth edge maps are matched with a 1-pixel tolerance
@@ -89,8 +90,14 @@ def disparity_metrics(pred_disparity: torch.Tensor, gt_disparity: torch.Tensor,
     valid = valid & torch.isfinite(gt_disparity) & (gt_disparity > 0)
     aligned, _, _ = align_scale_shift(pred_disparity, gt_disparity, valid, per=per)
     eps = 1e-8
-    pred_depth = 1.0 / aligned.clamp_min(eps)
     gt_depth = torch.where(valid, 1.0 / gt_disparity.float().clamp_min(eps), 0.0)
+    # As in Marigold's protocol, predicted depth is clipped to the ground truth's depth range
+    # (a slightly negative aligned disparity must not become a depth of 1e8).
+    if valid.any():
+        lo, hi = gt_depth[valid].min(), gt_depth[valid].max()
+        pred_depth = (1.0 / aligned.clamp_min(eps)).clamp(lo, hi)
+    else:
+        pred_depth = 1.0 / aligned.clamp_min(eps)
     return {"abs_rel": abs_rel(pred_depth, gt_depth, valid),
             "delta1": delta1(pred_depth, gt_depth, valid), "aligned": aligned}
 
