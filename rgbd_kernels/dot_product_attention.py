@@ -41,10 +41,21 @@ _INSTALL = {
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                        scale: float | None = None) -> torch.Tensor:
-    """Math attention in float32 on (B, H, S, D) tensors; returns q's dtype."""
+                        scale: float | None = None,
+                        key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Math attention in float32 on (B, H, S, D) tensors; returns q's dtype.
+
+    ``key_padding_mask`` (B, S_kv) bool: True = attend. A row with no key to attend gives 0.
+    """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
+    if key_padding_mask is not None:
+        keep = key_padding_mask[:, None, None, :]
+        scores = scores.masked_fill(~keep, float("-inf"))
+        any_key = key_padding_mask.any(dim=1).view(-1, 1, 1, 1)
+        scores = torch.where(any_key, scores, 0.0)
+        probs = scores.softmax(dim=-1) * any_key
+        return torch.einsum("bhqk,bhkd->bhqd", probs, v.float()).to(q.dtype)
     if causal:
         s_q, s_k = scores.shape[-2:]
         keep = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device).tril()
@@ -197,9 +208,17 @@ def _check(q, k, v, layout, causal, scale):
         raise ValueError(f"scale must be a positive number or None, got {scale!r}")
 
 
+def _sdpa_padded(q, k, v, key_padding_mask, scale):
+    """SDPA with a (B, S_kv) key mask; rows of a sample with no key to attend give 0."""
+    any_key = key_padding_mask.any(dim=1)
+    keep = key_padding_mask | ~any_key[:, None]  # an all-masked sample attends everywhere ...
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], scale=scale)
+    return out * any_key.view(-1, 1, 1, 1).to(out.dtype)  # ... and then gives 0
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str = "bshd",
               causal: bool = False, scale: float | None = None, backend: str = "auto",
-              fp8: bool = False) -> torch.Tensor:
+              fp8: bool = False, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * scale [+ causal mask]) v.
 
     Args:
@@ -208,11 +227,31 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str 
         causal: mask keys after the query position (top-left aligned).
         scale: softmax scale, default 1/sqrt(D).
         backend, fp8: see the module docstring.
+        key_padding_mask: optional (B, S_kv) bool, True for keys to attend (text padding in
+            cross-attention); served by "sdpa" and "reference" ("auto" picks SDPA). A sample
+            with no key to attend gets zeros.
     Returns:
         (B, S_q, H, D) or (B, H, S_q, D), the input layout, in q's dtype.
     """
     _check(q, k, v, layout, causal, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if key_padding_mask is not None:
+        s_kv = k.shape[1 if layout == "bshd" else 2]
+        if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (k.shape[0], s_kv):
+            raise ValueError(f"key_padding_mask must be bool (B, S_kv) = {(k.shape[0], s_kv)}, got "
+                             f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+        if causal:
+            raise ValueError("key_padding_mask is for cross-attention; causal must be False")
+        if backend in ("te", "flash") or fp8:
+            raise ValueError(f"key_padding_mask is served by backends 'sdpa' and 'reference', "
+                             f"got backend={backend!r}, fp8={fp8}")
+        if backend == "auto":
+            backend = "reference" if get_backend() == "reference" else "sdpa"
+        qh, kh, vh = (t if layout == "bhsd" else t.transpose(1, 2) for t in (q, k, v))
+        mask = key_padding_mask.to(q.device)
+        out = (_sdpa_padded(qh, kh, vh, mask, scale) if backend == "sdpa" else
+               attention_reference(qh, kh, vh, scale=scale, key_padding_mask=mask))
+        return out if layout == "bhsd" else out.transpose(1, 2)
     chosen = _resolve(backend, q, causal, fp8)
     with nvtx_range(f"rgbd.attention.{chosen}"):
         if chosen in ("te", "flash"):  # both take bshd

@@ -61,7 +61,8 @@ class Attention(nn.Module):
         self.out_proj = linear(inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                rope: Rope | None = None) -> torch.Tensor:
+                rope: Rope | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``context_mask`` (B, S_ctx) bool: context tokens to attend (cross-attention only)."""
         if x.dim() != 3:
             raise ValueError(f"x must be (B, S, dim), got shape {tuple(x.shape)}")
         if self.is_cross and context is None:
@@ -80,6 +81,10 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
             if rope is not None:
                 q, k = rope(q), rope(k)
-            out = attention(q, k, v, layout="bshd", causal=self.causal, backend=self.backend,
-                            fp8=self.fp8)
+            if context_mask is not None:
+                out = attention(q, k, v, layout="bshd", key_padding_mask=context_mask,
+                                backend="auto" if self.backend in ("te", "flash") else self.backend)
+            else:
+                out = attention(q, k, v, layout="bshd", causal=self.causal, backend=self.backend,
+                                fp8=self.fp8)
             return self.out_proj(out.reshape(b, s, h * d))

@@ -27,7 +27,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 2, "num_workers": 0, "flip": True,
     },
     "model": {"preset": "tiny", "geometry_channels": 0, "teacher": "", "dit_preset": "tiny",
-              "text_encoder": "byte"},
+              "text_encoder": "byte", "tokenizer": "", "rgb_tokenizer": ""},
     "optim": {
         "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.01, "warmup_steps": 50,
         "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.999,

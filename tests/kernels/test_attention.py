@@ -203,3 +203,21 @@ def test_sdpa_matches_reference_on_gpu():
     q, k, v = qkv(2, 333, 333, 4, 128, torch.bfloat16, device="cuda")
     assert_parity(attention(q, k, v, backend="sdpa"), attention(q, k, v, backend="reference"),
                   dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "reference"])
+def test_key_padding_mask_ignores_masked_keys_and_zeroes_empty_rows(backend):
+    q, k, v = (t.detach() for t in qkv(3, 7, 9, 2, 16, torch.float32))
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, 5:] = False
+    mask[2] = False
+    out = attention(q, k, v, key_padding_mask=mask, backend=backend)
+    torch.testing.assert_close(out[0], naive(q[:1, :, :, :], k[:1, :5], v[:1, :5], False)[0].float(),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], naive(q[1:2], k[1:2], v[1:2], False)[0].float(), rtol=1e-5, atol=1e-5)
+    assert (out[2] == 0).all()
+    k2 = k.clone()
+    k2[0, 5:] += 100.0  # changing masked keys changes nothing
+    torch.testing.assert_close(attention(q, k2, v, key_padding_mask=mask, backend=backend), out)
+    with pytest.raises(ValueError, match="key_padding_mask must be bool"):
+        attention(q, k, v, key_padding_mask=mask.float())

@@ -5,11 +5,13 @@ from typing import Any
 
 from ..distributed import DistInfo
 from .base import Stage
+from .dit import DiTStage
 from .tokenizer import RGBTokenizerStage, TokenizerStage
 
 STAGES: dict[str, type[Stage]] = {
     "tokenizer-rgb": RGBTokenizerStage,
     "tokenizer": TokenizerStage,
+    "dit": DiTStage,
 }
 
 

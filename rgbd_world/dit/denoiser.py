@@ -1,0 +1,47 @@
+"""The trainable stage-2 network: the DiT plus, when it is trainable, the text encoder.
+
+``RGBDDenoiser(dit, text_encoder)``: ``forward(x, t, prompts, cond, cond_mask, drop_text=None)``
+encodes the prompts (a dropped prompt becomes the null text: every token masked, zeros) and
+returns the DiT's velocity. Frozen text encoders (MiniLM, T5) stay outside the module, so
+checkpoints hold only what is trained.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class RGBDDenoiser(nn.Module):
+    def __init__(self, dit: nn.Module, text_encoder):
+        super().__init__()
+        self.dit = dit
+        if isinstance(text_encoder, nn.Module) and any(p.requires_grad for p in text_encoder.parameters()):
+            self.text_encoder = text_encoder  # trained with the DiT (the byte encoder)
+        else:
+            self.text_encoder = None
+            self._frozen_text = text_encoder
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.dit.blocks
+
+    def encode_text(self, prompts: Sequence[str], drop: torch.Tensor | None = None,
+                    device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) embeddings and (B, L) bool mask; dropped prompts are all-masked zeros."""
+        encoder = self.text_encoder if self.text_encoder is not None else self._frozen_text
+        emb, mask = encoder.encode(list(prompts))
+        device = device or next(self.dit.parameters()).device
+        emb, mask = emb.to(device), mask.to(device)
+        if drop is not None:
+            keep = ~drop.to(device).bool()
+            emb = emb * keep.view(-1, 1, 1).to(emb.dtype)
+            mask = mask & keep.view(-1, 1)
+        return emb, mask
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, prompts: Sequence[str],
+                cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None,
+                drop_text: torch.Tensor | None = None) -> torch.Tensor:
+        emb, mask = self.encode_text(prompts, drop_text, x.device)
+        return self.dit(x, t, emb, text_mask=mask, cond=cond, cond_mask=cond_mask)

@@ -1,0 +1,113 @@
+"""Stage 2: the DiT trained with flow matching on RGBD latents of the frozen stage-1 tokenizer.
+
+Per batch: encode the RGBD clip with the frozen RGBD tokenizer (z) and its RGB channels with the
+frozen RGB tokenizer (z_rgb); draw a conditioning mode per sample (text / image / video /
+continuation, :mod:`rgbd_world.dit.conditioning`), drop text and RGB conditioning at random for
+classifier-free guidance; draw logit-normal times shifted by sqrt(latent frames), held frames
+at t = 0; loss = fused flow-matching MSE on the frames to generate. Randomness comes from the
+global torch RNG, which checkpoints save, so resumed runs continue the same draws.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import rgbd_kernels as rk
+
+from ..distributed import barrier
+from .base import Stage
+from .tokenizer import build_rgbd_dataset
+
+TEXT_DROPOUT = 0.1
+COND_DROPOUT = 0.1
+
+
+def _rgb_tokenizer_for(tokenizer_run: str, explicit: str):
+    """The RGB tokenizer: ``model.rgb_tokenizer`` if set, else the teacher of the RGBD run."""
+    from rgbd_world.tokenizer.checkpoint import load_any_tokenizer
+
+    path = explicit
+    if not path:
+        cfg = json.loads((Path(tokenizer_run) / "config.json").read_text())
+        path = cfg["model"]["teacher"]
+        if not path:
+            raise ValueError(f"{tokenizer_run} was trained without an RGB teacher; set "
+                             "model.rgb_tokenizer to an RGB tokenizer (tokenizer-rgb run or Cosmos)")
+    return load_any_tokenizer(path)
+
+
+class DiTStage(Stage):
+    name = "dit"
+
+    def build_model(self) -> nn.Module:
+        from rgbd_world.dit import DiT, DiTConfig, build_text_encoder
+        from rgbd_world.dit.denoiser import RGBDDenoiser
+        from rgbd_world.tokenizer.checkpoint import load_tokenizer
+
+        m = self.cfg["model"]
+        if not m["tokenizer"]:
+            raise ValueError("stage 'dit' needs model.tokenizer: the run directory of a "
+                             "'train.py --stage tokenizer' run (the frozen RGBD tokenizer)")
+        dev = self.info.device
+        self.tokenizer = load_tokenizer(m["tokenizer"], device=dev).requires_grad_(False)
+        self.rgb_tokenizer = _rgb_tokenizer_for(m["tokenizer"], m["rgb_tokenizer"]).to(dev)
+        self.rgb_tokenizer.eval().requires_grad_(False)
+        self.text_encoder = build_text_encoder(m["text_encoder"])
+        self.dit_config = DiTConfig.preset(
+            m["dit_preset"], latent_channels=self.tokenizer.latent_channels,
+            cond_channels=self.rgb_tokenizer.latent_channels, text_dim=self.text_encoder.dim)
+        self.model = RGBDDenoiser(DiT(self.dit_config), self.text_encoder)
+        return self.model
+
+    def model_config(self) -> dict[str, Any]:
+        import dataclasses
+
+        from rgbd_world.tokenizer.checkpoint import config_to_dict
+
+        return {"dit": dataclasses.asdict(self.dit_config),
+                "text_encoder": self.cfg["model"]["text_encoder"],
+                "tokenizer": config_to_dict(self.tokenizer.config),
+                "tokenizer_run": self.cfg["model"]["tokenizer"]}
+
+    def build_dataset(self):
+        return build_rgbd_dataset(self.cfg, self.info, self.tokenizer.temporal_compression)
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.dit.blocks)
+
+    def collate(self, samples):
+        from torch.utils.data import default_collate
+
+        captions = [s.pop("caption") for s in samples]
+        batch = default_collate(samples)
+        batch["caption"] = captions
+        return batch
+
+    def frames_per_step(self) -> int:
+        return self.cfg["data"]["batch_size"] * self.cfg["data"]["frames"]
+
+    def compute_loss(self, model, batch):
+        from rgbd_world.dit.conditioning import sample_training_conditioning
+
+        with torch.no_grad():
+            x = torch.cat([batch["rgb"], batch["disparity"]], dim=1)
+            z = self.tokenizer.encode(x)
+            z_rgb = self.rgb_tokenizer.encode(batch["rgb"])
+        b, _, t_lat = z.shape[:3]
+        cond, _ = sample_training_conditioning(z, z_rgb, self.dit_config.cond_channels,
+                                               generator=None, cond_dropout=COND_DROPOUT)
+        cond.cond, cond.cond_mask = cond.cond.to(z.device), cond.cond_mask.to(z.device)
+        t = rk.sample_timesteps(b, distribution="logit_normal", shift="auto",
+                                latent_frames=t_lat, generator=None).to(z.device)
+        t = t.view(b, 1).expand(b, t_lat) * cond.loss_mask.view(b, t_lat)  # held frames: t = 0
+        noise = torch.randn(z.shape, generator=None).to(z.device, z.dtype)
+        x_t = rk.flow_interpolate(z, noise, t)
+        drop_text = torch.rand(b, generator=None) < TEXT_DROPOUT
+        v = model(x_t, t, batch["caption"], cond.cond, cond.cond_mask, drop_text=drop_text)
+        loss = rk.flow_matching_loss(v, z, noise, mask=cond.loss_mask)
+        self._tokens = b * t_lat * z.shape[3] * z.shape[4] // 4  # (1, 2, 2) patches
+        return loss, {"flow_mse": loss.detach()}
