@@ -185,9 +185,12 @@ class RGBDPipeline:
     def __call__(self, prompt: str = "", image=None, video=None, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, method: str | None = None,
-                 progress: bool = True) -> RGBDOutput:
+                 progress: bool = True, given_latents: torch.Tensor | None = None,
+                 given_frames: int = 0) -> RGBDOutput:
         """Generate one RGBD video. ``image``/``video``: path or uint8 array (H, W, 3) /
-        (T, H, W, 3); at most one of them. Deterministic for a seed on a given device."""
+        (T, H, W, 3); at most one of them. Continuation: ``given_latents`` (C, T_lat, h, w),
+        e.g. ``previous.latents``, holds its first ``given_frames`` latent frames fixed (they come
+        back unchanged). Deterministic for a seed on a given device."""
         from tqdm.auto import tqdm
 
         from rgbd_world.dit.conditioning import build_conditioning
@@ -218,7 +221,16 @@ class RGBDPipeline:
         elif image is not None:
             mode = "image"
             z_rgb = self.rgb_tokenizer.encode(_load_rgb(image, 1, height, width)[None].to(self.device))
+        held = held_mask = None
+        if given_frames:
+            if given_latents is None or given_latents.shape != like.shape[1:]:
+                raise ValueError(f"given_latents must be {tuple(like.shape[1:])} for these sizes, got "
+                                 f"{None if given_latents is None else tuple(given_latents.shape)}")
+            cond_c = build_conditioning("continuation", None, like, cond_channels, given_frames)
+            held, held_mask = given_latents[None].to(self.device), cond_c.cond_mask.bool()
         cond = build_conditioning(mode, z_rgb, like, cond_channels)
+        if held is not None:
+            cond.cond_mask = held_mask.to(like.dtype)
         text, text_mask = self.denoiser.encode_text([prompt], device=self.device)
         null_text, null_mask = self.denoiser.encode_text([prompt], drop=torch.ones(1, dtype=torch.bool),
                                                          device=self.device)
@@ -237,6 +249,7 @@ class RGBDPipeline:
         z = sample(velocity, noise, steps, method=method, shift="auto",
                    uncond_velocity=uncond if use_cfg else None,
                    guidance_scale=guidance if use_cfg else 1.0,
+                   held_latents=held, held_mask=held_mask, per_frame_t=held is not None,
                    callback=lambda *_: bar.update(1))
         bar.close()
         x = self.tokenizer.decode(z)[0]  # (4, T, H, W)

@@ -138,3 +138,26 @@ def test_stage1_lowers_reconstruction_losses_and_evaluates(tmp_path, data_root):
     metrics = json.loads(ev.stdout.strip().splitlines()[-1])
     assert set(metrics) >= {"psnr", "ssim", "abs_rel", "delta1", "boundary_f1"}
     assert metrics["psnr"] > 10 and 0 <= metrics["delta1"] <= 1 and metrics["abs_rel"] >= 0
+
+
+def test_stage2_dit_run_lowers_flow_loss(tmp_path, data_root):
+    rgb, rgbd, dit = tmp_path / "rgb", tmp_path / "rgbd", tmp_path / "dit"
+    for out, stage, extra in ((rgb, "tokenizer-rgb", []),
+                              (rgbd, "tokenizer", [f"model.teacher={rgb}"])):
+        r = run_train(out, "run.steps=20", "run.ckpt_every=20", *extra, stage=stage, data_root=data_root)
+        assert r.returncode == 0, r.stderr[-3000:]
+    r = run_train(dit, "run.steps=150", "run.ckpt_every=150", f"model.tokenizer={rgbd}",
+                  "optim.lr=1e-3", "optim.warmup_steps=10", stage="dit", data_root=data_root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loss = [json.loads(l)["flow_mse"] for l in (dit / "metrics.jsonl").read_text().splitlines()]
+    assert sum(loss[-20:]) / 20 < 0.5 * sum(loss[:5]) / 5, (loss[:5], loss[-20:])
+    from rgbd_world.pipeline import RGBDPipeline
+
+    out = RGBDPipeline.from_training_runs(rgbd, dit)(prompt="a box", steps=2, progress=False)
+    assert out.rgb.shape == (9, 32, 32, 3) and torch_finite(out.disparity)
+
+
+def torch_finite(t):
+    import torch
+
+    return bool(torch.isfinite(t).all())
