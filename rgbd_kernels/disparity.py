@@ -20,13 +20,13 @@ import torch
 
 from . import _buffers
 from ._nvtx import nvtx_range
+from ._validation import check_float
 from .backend import select_backend
 
 __all__ = ["depth_to_disparity", "normalize_disparity", "denormalize_disparity",
            "align_scale_shift", "abs_rel", "delta1",
            "depth_to_disparity_reference", "normalize_disparity_reference"]
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _PER_DIMS = {"frame": 2, "clip": 3}
 # stats columns of the internal op: shift, scale, lo, hi (middle order statistics), count
 _STATS = 5
@@ -34,13 +34,6 @@ _STATS = 5
 
 # ----------------------------------------------------------------------------- validation
 
-def _check_float(name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name} must be a real floating tensor (float32, float16, bfloat16 or "
-                         f"float64), got dtype {t.dtype}")
-    return t
 
 
 def _check_per(per: object, t: torch.Tensor, name: str) -> int:
@@ -129,7 +122,7 @@ def depth_to_disparity(depth: torch.Tensor, min_depth: float | None = None,
     Returns:
         disparity (...) in depth's dtype, 1/metres, 0 on invalid pixels; valid (...) bool.
     """
-    _check_float("depth", depth)
+    check_float("depth", depth)
     lo = 0.0 if min_depth is None else float(min_depth)
     hi = math.inf if max_depth is None else float(max_depth)
     if math.isnan(lo) or math.isnan(hi) or lo < 0 or lo > hi:
@@ -314,7 +307,7 @@ def normalize_disparity(disparity: torch.Tensor, valid: torch.Tensor | None = No
         equal (scale 0), gets shift 0, scale 1 and zeros, never NaN or inf.
     Differentiable w.r.t. ``disparity`` (shift and scale are functions of it too).
     """
-    _check_float("disparity", disparity)
+    check_float("disparity", disparity)
     nd = _check_per(per, disparity, "disparity")
     if valid is None:
         valid = torch.isfinite(disparity) & (disparity > 0)
@@ -338,9 +331,9 @@ def denormalize_disparity(normalized: torch.Tensor, shift: torch.Tensor, scale: 
     pixels where ``valid`` is False (if given) are set to 0. Computed in float32, returned in
     ``normalized``'s dtype.
     """
-    _check_float("normalized", normalized)
-    _check_float("shift", shift)
-    _check_float("scale", scale)
+    check_float("normalized", normalized)
+    check_float("shift", shift)
+    check_float("scale", scale)
     if shift.shape != scale.shape:
         raise ValueError(f"shift and scale must have the same shape, got {tuple(shift.shape)} "
                          f"and {tuple(scale.shape)}")
@@ -370,8 +363,8 @@ def _group_dims(t: torch.Tensor, per: str | None, name: str):
 
 
 def _check_pair(pred, target, valid, names):
-    _check_float(names[0], pred)
-    _check_float(names[1], target)
+    check_float(names[0], pred)
+    check_float(names[1], target)
     if pred.shape != target.shape:
         raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got "
                          f"{tuple(pred.shape)} and {tuple(target.shape)}")

@@ -42,12 +42,12 @@ import torch
 
 from . import _buffers
 from ._nvtx import nvtx_range
+from ._validation import check_float
 from .backend import select_backend
 
 __all__ = ["flow_interpolate", "flow_matching_loss", "flow_interpolate_reference",
            "flow_matching_loss_reference"]
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _REDUCTIONS = ("mean", "none", "sum")
 # a mask constant over trailing runs shorter than this is expanded to one value per element
 _MIN_ROW = 256
@@ -63,17 +63,10 @@ def _compiling() -> bool:
 
 # ----------------------------------------------------------------------------- validation
 
-def _check_float(name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name} must be a real floating tensor (float32, float16, bfloat16 or "
-                         f"float64), got dtype {t.dtype}")
-    return t
 
 
 def _check_like(name: str, t: object, ref_name: str, ref: torch.Tensor) -> torch.Tensor:
-    _check_float(name, t)
+    check_float(name, t)
     if t.shape != ref.shape:
         raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got "
                          f"{tuple(t.shape)}")
@@ -97,7 +90,7 @@ def _canonical_t(t: object, x0: torch.Tensor, check_range: bool) -> torch.Tensor
         if not 0.0 <= float(t) <= 1.0:
             raise ValueError(f"t must be in [0, 1], got {t!r}")
         return torch.full((batch,), float(t), dtype=acc, device=x0.device)
-    _check_float("t", t)
+    check_float("t", t)
     if t.device != x0.device:
         raise ValueError(f"t must be on x0's device {x0.device}, got {t.device}")
     frames = x0.shape[2] if x0.dim() == 5 else None
@@ -210,7 +203,7 @@ def flow_interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | fl
     Returns:
         x_t in x0's dtype, contiguous. Differentiable w.r.t. x0, noise and t.
     """
-    _check_float("x0", x0)
+    check_float("x0", x0)
     _check_latent("x0", x0)
     _check_like("noise", noise, "x0", x0)
     tc = _canonical_t(t, x0, check_range)
@@ -482,7 +475,7 @@ def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tens
     gradient w.r.t. v_pred (when grad mode is on and any of v_pred, x0, noise requires grad),
     which costs one extra latent of memory until the backward.
     """
-    _check_float("v_pred", v_pred)
+    check_float("v_pred", v_pred)
     _check_latent("v_pred", v_pred)
     _check_like("x0", x0, "v_pred", v_pred)
     _check_like("noise", noise, "v_pred", v_pred)
@@ -490,7 +483,7 @@ def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tens
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     batch = v_pred.shape[0]
     if weight is not None:
-        _check_float("weight", weight)
+        check_float("weight", weight)
         if tuple(weight.shape) != (batch,):
             raise ValueError(f"weight must have shape (B,) = {(batch,)}, got "
                              f"{tuple(weight.shape)}")
