@@ -63,8 +63,6 @@ def _compiling() -> bool:
 
 # ----------------------------------------------------------------------------- validation
 
-
-
 def _check_like(name: str, t: object, ref_name: str, ref: torch.Tensor) -> torch.Tensor:
     check_float(name, t)
     if t.shape != ref.shape:
