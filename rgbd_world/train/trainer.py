@@ -27,6 +27,7 @@ from .distributed import DistInfo, all_reduce_mean, init_distributed, shutdown, 
 from .ema import init_ema, update_ema
 from .sampler import SeededSamples, StepBatchSampler
 from .schedule import warmup_cosine
+from .throughput import throughput
 
 
 class TrainingDiverged(RuntimeError):
@@ -187,7 +188,7 @@ def train(stage_name: str, cfg: dict[str, dict[str, Any]], resume: bool = False)
             last = {"step": step, "loss": all_reduce_mean(loss.detach().float()).item(), **reduced,
                     "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                     "skipped": not finite, "nonfinite_total": counters["nonfinite_total"],
-                    "frames_per_s": stage.frames_per_step() / max(now - t_prev, 1e-9)}
+                    **throughput(stage, now - t_prev, info.device, info.world_size)}
             t_prev = now
             logger.step(last)
             if not finite and info.is_main:

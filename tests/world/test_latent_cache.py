@@ -1,6 +1,5 @@
 """Latent cache: encode once with any callable, read back, atomic resumable shards, CLI."""
 import argparse
-import importlib
 
 import numpy as np
 import pytest
@@ -116,15 +115,30 @@ def test_cli_cache_latents(data, tmp_path, capsys):
             "--height", "16", "--width", "24", "--no-progress"]
     assert _cli(base[:1] + ["--tokenizer", str(tmp_path / "none.pt")] + base[1:]) == 2
     assert "does not exist" in capsys.readouterr().err
-    ckpt = tmp_path / "tok.pt"
-    ckpt.write_bytes(b"\0")
-    try:
-        has_loader = hasattr(importlib.import_module("rgbd_world.tokenizer"), "load_encoder")
-    except ImportError:
-        has_loader = False
-    if not has_loader:  # until the tokenizer issue lands its checkpoint loader
-        assert _cli(base[:1] + ["--tokenizer", str(ckpt)] + base[1:]) == 2
-        assert "not available in this build yet" in capsys.readouterr().err
+    # a tokenizer training run directory (as train.py writes it) is accepted by path
+    import json
+
+    from safetensors.torch import save_file
+
+    from rgbd_world.tokenizer import VideoTokenizer
+    from rgbd_world.tokenizer.checkpoint import config_to_dict
+
+    tok = VideoTokenizer("tiny", in_channels=4)
+    run = tmp_path / "tok-run"
+    step = run / "checkpoints" / "step_000000001"
+    step.mkdir(parents=True)
+    (run / "model_config.json").write_text(json.dumps({"tokenizer": config_to_dict(tok.config)}))
+    state = {k: v.contiguous() for k, v in tok.state_dict().items()}
+    save_file(state, step / "model.safetensors")
+    save_file({}, step / "ema.safetensors")
+    (step / "COMPLETE").write_text("ok")
+    argv = ["cache-latents", "--tokenizer", str(run), "--data", str(data), "--out",
+            str(tmp_path / "tok-out"), "--frames", "9", "--height", "16", "--width", "24",
+            "--no-progress"]
+    assert _cli(argv) == 0
+    real = LatentDataset(tmp_path / "tok-out")
+    latent = real[0]["latent"]
+    assert latent.shape == (16, 2, 2, 3) and torch.isfinite(latent).all() and latent.std() > 0
     spec = "rgbd_world.data.latent_cache:pool_encoder"
     assert _cli(base[:1] + ["--tokenizer", spec] + base[1:]) == 0
     cache = LatentDataset(out)

@@ -41,7 +41,16 @@ class Stage:
         raise NotImplementedError
 
     def frames_per_step(self) -> int:
+        """Frames of the global batch."""
         return self.cfg["data"]["batch_size"] * self.cfg["data"]["frames"]
+
+    def tokens_per_step(self) -> int | None:
+        """Model tokens in this rank's last batch (transformers), else None."""
+        return None
+
+    def flops_per_step(self) -> int | None:
+        """Training FLOPs of this rank's last step (for MFU), else None."""
+        return None
 
     def log_samples(self, model: nn.Module, batch: Any, writer, step: int, out_dir: Path) -> None:
         """Write reconstructions / samples for a person to look at (rank 0)."""

@@ -110,4 +110,12 @@ class DiTStage(Stage):
         v = model(x_t, t, batch["caption"], cond.cond, cond.cond_mask, drop_text=drop_text)
         loss = rk.flow_matching_loss(v, z, noise, mask=cond.loss_mask)
         self._tokens = b * t_lat * z.shape[3] * z.shape[4] // 4  # (1, 2, 2) patches
+        text_len = max(1, max(len(c.encode("utf-8")) for c in batch["caption"]))
+        self._flops = self.model.dit.flops_per_step(b, t_lat, z.shape[3], z.shape[4], text_len)
         return loss, {"flow_mse": loss.detach()}
+
+    def tokens_per_step(self) -> int | None:
+        return getattr(self, "_tokens", None)
+
+    def flops_per_step(self) -> int | None:
+        return getattr(self, "_flops", None)
