@@ -60,10 +60,11 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 
 
 class _Logger:
-    """metrics.jsonl + TensorBoard + progress bar, on rank 0 only."""
+    """metrics.jsonl (every step) + TensorBoard (every ``run.log_every`` steps) + progress bar,
+    on rank 0 only."""
 
-    def __init__(self, out_dir: Path, info: DistInfo, start: int, total: int):
-        self.main = info.is_main
+    def __init__(self, out_dir: Path, info: DistInfo, start: int, total: int, every: int = 1):
+        self.main, self.every = info.is_main, max(1, every)
         self.metrics_path = out_dir / "metrics.jsonl"
         self.writer = self.bar = None
         if not self.main:
@@ -83,7 +84,7 @@ class _Logger:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
+        if self.writer is not None and record["step"] % self.every == 0:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(key, value, record["step"])
@@ -147,7 +148,7 @@ def train(stage_name: str, cfg: dict[str, dict[str, Any]], resume: bool = False)
         loader = DataLoader(SeededSamples(dataset), batch_sampler=sampler,
                             num_workers=cfg["data"]["num_workers"], collate_fn=stage.collate,
                             persistent_workers=False)
-        logger = _Logger(out_dir, info, start_step, run["steps"])
+        logger = _Logger(out_dir, info, start_step, run["steps"], run["log_every"])
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (
             info.device.type == "cuda" and par["precision"] in ("auto", "bf16")) else None
 

@@ -59,7 +59,8 @@ class DiTStage(Stage):
         self.text_encoder = build_text_encoder(m["text_encoder"])
         self.dit_config = DiTConfig.preset(
             m["dit_preset"], latent_channels=self.tokenizer.latent_channels,
-            cond_channels=self.rgb_tokenizer.latent_channels, text_dim=self.text_encoder.dim)
+            cond_channels=self.rgb_tokenizer.latent_channels, text_dim=self.text_encoder.dim,
+            fp8=bool(self.cfg["parallel"]["fp8"]))
         self.model = RGBDDenoiser(DiT(self.dit_config), self.text_encoder)
         return self.model
 
