@@ -11,7 +11,6 @@ import torch
 from rgbd_world.tokenizer import (CosmosStateDictError, TokenizerConfig, VideoTokenizer,
                                   inflate_to_rgbd, load_cosmos_state_dict, to_cosmos_state_dict)
 from rgbd_world.tokenizer.blocks import StreamState, TemporalAttention
-from rgbd_world.tokenizer.conv import CausalConv3d, FallbackCausalConv3d
 from rgbd_world.tokenizer.model import _tiled
 from rgbd_world.tokenizer.patcher import haar_patch, haar_unpatch, patch_channel_index
 
@@ -216,19 +215,6 @@ def test_stream_chunk_rule_errors(tiny):
         list(tiny.iter_encode([x[:, :, :8]]))
     with pytest.raises(ValueError, match="chunk_frames must be a positive multiple"):
         tiny.encode_stream(x, chunk_frames=4)
-
-
-def test_fallback_conv_matches_rgbd_kernels_and_streams():
-    for k, s, p in [((3, 1, 1), 1, 0), ((1, 3, 3), (1, 2, 2), 1), ((3, 1, 1), (2, 1, 1), 0)]:
-        a = CausalConv3d(5, 6, k, stride=s, padding=p)
-        b = FallbackCausalConv3d(5, 6, k, stride=s, padding=p)
-        b.load_state_dict(a.state_dict())
-        x = torch.randn(2, 5, 7, 6, 6)
-        with torch.no_grad():
-            ya, yb = a(x), b(x)
-            y0, c = b.stream(x[:, :, :3])
-            y1, _ = b.stream(x[:, :, 3:], c)
-        assert rel(yb, ya) < 1e-6 and rel(torch.cat([y0, y1], 2), ya) < 1e-6
 
 
 # ----------------------------------------------------------------------------- Cosmos loader
