@@ -1,11 +1,20 @@
-"""Timestep embedding and AdaLN-LoRA modulation.
+"""Timestep embedding and AdaLN-LoRA modulation (Cosmos-Predict2 style, GUIDE §7).
 
-* :class:`TimestepEmbedding`: t in [0, 1] (per latent frame) -> sinusoidal features of 1000 t
-  -> MLP -> (B, T, hidden).
-* :class:`AdaLNLoRA`: SiLU(emb) -> Linear(hidden, rank) -> Linear(rank, n * hidden) giving n
-  (shift, scale, gate)-style vectors per frame; the up projection starts at zero, so every
-  sublayer starts as the identity (gate 0).
-* :func:`modulate`: LN(x) * (1 + scale) + shift, per frame.
+* :func:`sinusoidal`: ``[cos(s * f_0..f_{n-1}) | sin(s * f_0..f_{n-1})]`` with
+  ``f_i = max_period ** (-i / n)``, ``n = dim / 2``, ``max_period = 10000``.
+* :class:`TimestepEmbedding`: the flow-matching time ``t`` in [0, 1] (one per latent frame) is
+  scaled to ``s = 1000 t`` (the DDPM-like range the sinusoid's frequencies are made for), embedded
+  sinusoidally in float32 (bf16 would round t to ~3 digits) and passed through
+  ``Linear -> SiLU -> Linear`` to the model width: (B, T) -> (B, T, hidden).
+* :class:`AdaLNLoRA`: ``up(down(SiLU(emb)))`` with ``down: hidden -> rank`` and
+  ``up: rank -> chunks * hidden`` (both without bias), split into ``chunks`` vectors per frame,
+  each (B, T, 1, hidden) to broadcast over that frame's tokens. A block uses 9 chunks
+  (shift, scale, gate for self-attention, cross-attention and MLP); the final layer 2 (shift,
+  scale). ``up`` starts at zero (adaLN-Zero): every gate is 0 at init, so each sublayer starts
+  as the identity. (Cosmos-Predict2 gives each sublayer its own rank-256 LoRA and adds a shared
+  3-vector base from the timestep MLP; one LoRA per block keeps the same per-frame form with
+  fewer parameters: 10 * hidden * rank per block instead of 12.)
+* :func:`modulate`: ``LN(x) * (1 + scale) + shift`` with a LayerNorm without affine (eps 1e-6).
 """
 from __future__ import annotations
 
@@ -13,10 +22,15 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+TIME_SCALE = 1000.0  # t in [0, 1] is embedded as the sinusoid of 1000 t
 
 
 def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """(...) times (already scaled, e.g. 1000 t) -> (..., dim) [cos | sin] features."""
+    """(...) times (already scaled, e.g. 1000 t) -> (..., dim) float32 ``[cos | sin]`` features."""
+    if dim % 2:
+        raise ValueError(f"sinusoidal embedding dim must be even, got {dim}")
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32,
                                                            device=t.device) / half)
@@ -25,30 +39,35 @@ def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.
 
 
 class TimestepEmbedding(nn.Module):
+    """t (B, T) in [0, 1] -> (B, T, hidden): MLP(sinusoidal(1000 t))."""
+
     def __init__(self, hidden: int, freq_dim: int = 256):
         super().__init__()
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """t (B, T) in [0, 1] -> (B, T, hidden)."""
-        return self.mlp(sinusoidal(t * 1000.0, self.freq_dim))
+        feats = sinusoidal(t.float() * TIME_SCALE, self.freq_dim)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))
 
 
 class AdaLNLoRA(nn.Module):
+    """Low-rank AdaLN modulation: emb (B, T, hidden) -> ``chunks`` tensors (B, T, 1, hidden)."""
+
     def __init__(self, hidden: int, rank: int, chunks: int):
         super().__init__()
+        if rank < 1 or chunks < 1:
+            raise ValueError(f"rank and chunks must be >= 1, got rank={rank}, chunks={chunks}")
         self.chunks = chunks
         self.down = nn.Linear(hidden, rank, bias=False)
         self.up = nn.Linear(rank, chunks * hidden, bias=False)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """emb (B, T, hidden) -> ``chunks`` tensors (B, T, 1, hidden) (broadcast over tokens)."""
-        out = self.up(self.down(torch.nn.functional.silu(emb)))
-        return tuple(c.unsqueeze(2) for c in out.chunk(self.chunks, dim=-1))
+        out = self.up(self.down(F.silu(emb)))
+        return tuple(c.unsqueeze(-2) for c in out.chunk(self.chunks, dim=-1))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x (B, T, N, D): LayerNorm without affine, then * (1 + scale) + shift (each (B, T, 1, D))."""
-    return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=eps) * (1 + scale) + shift
+    """x (B, T, N, D): LayerNorm without affine, then ``* (1 + scale) + shift`` (each (B, T, 1, D))."""
+    return F.layer_norm(x, x.shape[-1:], eps=eps) * (1 + scale) + shift

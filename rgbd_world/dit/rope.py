@@ -1,9 +1,22 @@
-"""3D rotary position embedding over the (t, h, w) latent token grid.
+"""3D rotary position embedding over the (t, h, w) latent token grid (self-attention only).
 
-The head dim D is split into time, height and width parts: d_h = d_w = 2 * floor(D / 6) and
-d_t = D - d_h - d_w (D = 128 gives h/w/t = 42/42/44, as in Cosmos-Predict2). Within each part,
-pair i of (x_i, x_{i + d/2}) is rotated by the angle pos * theta^(-2i / d) of that axis.
-Tokens are ordered frame-major: index = (t * H + h) * W + w.
+Split of the head dim D (even) into time, height and width parts, as in Cosmos-Predict2::
+
+    d_h = d_w = 2 * floor(D / 6),   d_t = D - d_h - d_w
+
+so D = 128 gives t/h/w = 44/42/42; D = 64 -> 24/20/20; D = 24 -> 8/8/8. The time part gets the
+remainder, hence at least as many channels as each spatial part. Every part has an even size.
+The parts lie in the head dim in the order [t | h | w].
+
+Within a part of size d, channel i and channel i + d/2 (i < d/2) form a pair rotated by the
+angle ``pos * theta ** (-2 i / d)`` with ``pos`` that token's index along the part's axis
+(rotate-half convention inside each part; Cosmos applies rotate-half over the whole head dim
+instead, a fixed permutation of the channels, equivalent for a model trained from scratch).
+Because each pair is a plain 2D rotation by ``pos * freq``, ``rope(q)·rope(k)`` depends on the
+positions only through their difference (relative position).
+
+Tokens are ordered frame-major, as the DiT lays them out after (1, 2, 2) patching:
+index = (t * H + h) * W + w over the grid (T, H/2, W/2) of the latent (H, W).
 """
 from __future__ import annotations
 
@@ -11,7 +24,7 @@ import torch
 
 
 def rope_split(head_dim: int) -> tuple[int, int, int]:
-    """(d_t, d_h, d_w) for an even head dim."""
+    """(d_t, d_h, d_w) for an even head dim >= 6 (see the module docstring)."""
     if head_dim % 2 or head_dim < 6:
         raise ValueError(f"head_dim must be even and >= 6 for 3D RoPE, got {head_dim}")
     d_hw = 2 * (head_dim // 6)
@@ -24,27 +37,41 @@ def _axis_angles(positions: torch.Tensor, dim: int, theta: float) -> torch.Tenso
 
 
 class Rope3D:
-    """Callable ``rope(x)`` for x (B, S, H, D) with S = T * Hh * Ww tokens."""
+    """Callable ``rope(x)`` rotating x (B, S, heads, D) with S = frames * height * width tokens.
+
+    ``height``/``width`` are the token grid's (the latent's H/2, W/2). The cos/sin tables
+    (S, D) are built once in float64, stored in float32 on ``device``; ``x`` is rotated in
+    float32 and returned in its own dtype.
+    """
 
     def __init__(self, frames: int, height: int, width: int, head_dim: int,
                  theta: float = 10000.0, device: torch.device | str = "cpu"):
+        if min(frames, height, width) < 1:
+            raise ValueError(f"RoPE grid must be positive, got (T, H, W) = {(frames, height, width)}")
         self.split = rope_split(head_dim)
+        self.grid = (frames, height, width)
+        self.tokens = frames * height * width
+        self.head_dim = head_dim
         t, h, w = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width),
                                  indexing="ij")
-        angles = [_axis_angles(p.reshape(-1), d, theta)
-                  for p, d in zip((t, h, w), self.split)]
-        self.cos = [a.cos().float().to(device) for a in angles]
-        self.sin = [a.sin().float().to(device) for a in angles]
-        self.tokens = frames * height * width
+        cos, sin, partner = [], [], []
+        start = 0
+        for pos, d in zip((t, h, w), self.split):
+            ang = _axis_angles(pos.reshape(-1), d, theta)  # (S, d / 2)
+            cos.append(torch.cat([ang.cos(), ang.cos()], dim=-1))
+            sin.append(torch.cat([-ang.sin(), ang.sin()], dim=-1))  # sign of rotate-half folded in
+            half = d // 2
+            idx = torch.arange(d)
+            partner.append(start + torch.where(idx < half, idx + half, idx - half))
+            start += d
+        self.cos = torch.cat(cos, dim=-1).float().to(device)[None, :, None, :]  # (1, S, 1, D)
+        self.sin = torch.cat(sin, dim=-1).float().to(device)[None, :, None, :]
+        self.partner = torch.cat(partner).to(device)  # channel paired with each channel
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.tokens:
-            raise ValueError(f"RoPE built for {self.tokens} tokens, got {x.shape[1]}")
-        parts = torch.split(x, list(self.split), dim=-1)
-        out = []
-        for part, cos, sin in zip(parts, self.cos, self.sin):
-            half = part.shape[-1] // 2
-            a, b = part[..., :half].float(), part[..., half:].float()
-            c, s = cos[None, :, None, :], sin[None, :, None, :]
-            out.append(torch.cat([a * c - b * s, a * s + b * c], dim=-1).to(x.dtype))
-        return torch.cat(out, dim=-1)
+        if x.dim() != 4 or x.shape[1] != self.tokens or x.shape[-1] != self.head_dim:
+            raise ValueError(f"RoPE built for (B, {self.tokens}, heads, {self.head_dim}) "
+                             f"(grid {self.grid}), got {tuple(x.shape)}")
+        xf = x.float()
+        out = xf * self.cos + xf.index_select(-1, self.partner) * self.sin
+        return out.to(x.dtype)

