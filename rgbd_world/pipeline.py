@@ -101,15 +101,14 @@ class RGBDPipeline:
 
         from rgbd_world.dit import DiT, DiTConfig, build_text_encoder
         from rgbd_world.dit.denoiser import RGBDDenoiser
-        from rgbd_world.tokenizer.checkpoint import load_tokenizer
+        from rgbd_world.tokenizer.checkpoint import load_rgb_tokenizer, load_tokenizer
         from rgbd_world.train.checkpoint import latest_checkpoint
-        from rgbd_world.train.stages.dit import _rgb_tokenizer_for
 
         dit_run = Path(dit_run)
         mcfg = json.loads((dit_run / "model_config.json").read_text())
         run_cfg = json.loads((dit_run / "config.json").read_text())
         tokenizer = load_tokenizer(tokenizer_run)
-        rgb_tokenizer = _rgb_tokenizer_for(tokenizer_run, run_cfg["model"]["rgb_tokenizer"])
+        rgb_tokenizer = load_rgb_tokenizer(tokenizer_run, run_cfg["model"]["rgb_tokenizer"])
         text = build_text_encoder(mcfg["text_encoder"])
         denoiser = RGBDDenoiser(DiT(_dit_config(DiTConfig, mcfg["dit"])), text)
         ckpt = latest_checkpoint(dit_run)

@@ -35,7 +35,7 @@ def evaluate_tokenizer(model, dataset: Dataset, device: str | torch.device = "cp
             break
         rgb = batch["rgb"].to(device)
         x = torch.cat([rgb, batch["disparity"].to(device)], 1) if rgbd else rgb
-        recon = model(x).reconstruction.clamp(-1, 1) if not rgbd else model(x).reconstruction
+        recon = model(x).reconstruction
         values = {"psnr": psnr(recon[:, :3].clamp(-1, 1), rgb).item(),
                   "ssim": ssim(recon[:, :3].clamp(-1, 1), rgb).item()}
         if rgbd:

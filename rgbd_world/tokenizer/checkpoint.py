@@ -85,6 +85,20 @@ def load_any_tokenizer(path: str | os.PathLike, device: str | torch.device = "cp
     return load_cosmos_tokenizer(p, preset=preset, device=device)
 
 
+def load_rgb_tokenizer(tokenizer_run: str | os.PathLike, explicit: str | os.PathLike = "",
+                       device: str | torch.device = "cpu") -> VideoTokenizer:
+    """The RGB tokenizer that goes with an RGBD tokenizer run: ``explicit`` if given, else the
+    teacher recorded in the run's config.json. ValueError when the run had no teacher."""
+    path = explicit
+    if not path:
+        cfg = json.loads((Path(tokenizer_run) / "config.json").read_text())
+        path = cfg["model"]["teacher"]
+        if not path:
+            raise ValueError(f"{tokenizer_run} was trained without an RGB teacher; set "
+                             "model.rgb_tokenizer to an RGB tokenizer (tokenizer-rgb run or Cosmos)")
+    return load_any_tokenizer(path, device=device)
+
+
 def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """``x (B, C, T, H, W) -> latent`` of the tokenizer at ``path`` (no grad)."""
     model = load_any_tokenizer(path, device=device)

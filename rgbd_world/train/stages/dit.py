@@ -9,8 +9,6 @@ global torch RNG, which checkpoints save, so resumed runs continue the same draw
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,26 +16,11 @@ from torch import nn
 
 import rgbd_kernels as rk
 
-from ..distributed import barrier
 from .base import Stage
 from .tokenizer import build_rgbd_dataset
 
 TEXT_DROPOUT = 0.1
 COND_DROPOUT = 0.1
-
-
-def _rgb_tokenizer_for(tokenizer_run: str, explicit: str):
-    """The RGB tokenizer: ``model.rgb_tokenizer`` if set, else the teacher of the RGBD run."""
-    from rgbd_world.tokenizer.checkpoint import load_any_tokenizer
-
-    path = explicit
-    if not path:
-        cfg = json.loads((Path(tokenizer_run) / "config.json").read_text())
-        path = cfg["model"]["teacher"]
-        if not path:
-            raise ValueError(f"{tokenizer_run} was trained without an RGB teacher; set "
-                             "model.rgb_tokenizer to an RGB tokenizer (tokenizer-rgb run or Cosmos)")
-    return load_any_tokenizer(path)
 
 
 class DiTStage(Stage):
@@ -46,7 +29,7 @@ class DiTStage(Stage):
     def build_model(self) -> nn.Module:
         from rgbd_world.dit import DiT, DiTConfig, build_text_encoder
         from rgbd_world.dit.denoiser import RGBDDenoiser
-        from rgbd_world.tokenizer.checkpoint import load_tokenizer
+        from rgbd_world.tokenizer.checkpoint import load_rgb_tokenizer, load_tokenizer
 
         m = self.cfg["model"]
         if not m["tokenizer"]:
@@ -54,7 +37,7 @@ class DiTStage(Stage):
                              "'train.py --stage tokenizer' run (the frozen RGBD tokenizer)")
         dev = self.info.device
         self.tokenizer = load_tokenizer(m["tokenizer"], device=dev).requires_grad_(False)
-        self.rgb_tokenizer = _rgb_tokenizer_for(m["tokenizer"], m["rgb_tokenizer"]).to(dev)
+        self.rgb_tokenizer = load_rgb_tokenizer(m["tokenizer"], m["rgb_tokenizer"]).to(dev)
         self.rgb_tokenizer.eval().requires_grad_(False)
         self.text_encoder = build_text_encoder(m["text_encoder"])
         self.dit_config = DiTConfig.preset(
