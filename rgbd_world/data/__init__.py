@@ -10,7 +10,7 @@
 """
 from .captions import caption_scene, caption_variants
 from .dataset import BadSampleError, BadSampleWarning, RGBDVideoDataset
-from .latent_cache import LatentDataset, encode_dataset
+from .latent_cache import LatentDataset, collate_latents, encode_dataset
 from .readers import FORMATS, RawClip, find_clips
 from .shards import generate_dataset
 from .synthetic import SyntheticClip, make_clip, render, sample_scene
@@ -18,4 +18,4 @@ from .synthetic import SyntheticClip, make_clip, render, sample_scene
 __all__ = ["sample_scene", "render", "make_clip", "SyntheticClip", "caption_scene",
            "caption_variants", "generate_dataset", "RGBDVideoDataset", "BadSampleWarning",
            "BadSampleError", "find_clips", "FORMATS", "RawClip", "encode_dataset",
-           "LatentDataset"]
+           "LatentDataset", "collate_latents"]

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
 
 def add_make_data_parser(subparsers) -> argparse.ArgumentParser:
@@ -55,18 +58,38 @@ def add_cache_latents_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--device", default="cpu")
     p.add_argument("--storage-dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--rgb-tokenizer", default="auto",
+                   help="also cache the RGB channels' latents from this RGB tokenizer (what "
+                        "stage 2 conditions on in video mode): a checkpoint path, 'auto' (the "
+                        "teacher of an RGBD tokenizer run, when it has one) or 'none'")
+    p.add_argument("--text-encoder", default="none",
+                   help="also cache caption embeddings from a frozen text encoder: 'minilm', a "
+                        "local Hugging Face encoder directory, or 'none' (default)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cache_latents)
     return p
 
 
 def _cache_latents(args: argparse.Namespace) -> int:
+    import torch
+
     from .dataset import RGBDVideoDataset
     from .latent_cache import encode_dataset, load_encoder
 
     try:
         encoder = load_encoder(args.tokenizer, device=args.device)
-    except (NotImplementedError, FileNotFoundError, ValueError) as err:
+        rgb_encoder, rgb_name = _rgb_encoder(args)
+        text_encoder = None
+        if args.text_encoder != "none":
+            from rgbd_world.dit.text import build_text_encoder
+
+            text_encoder = build_text_encoder(args.text_encoder)
+            if not hasattr(text_encoder, "name") or isinstance(text_encoder, torch.nn.Module):
+                raise ValueError(f"--text-encoder {args.text_encoder!r} is trained with the DiT; "
+                                 "only frozen encoders ('minilm', a Hugging Face directory) "
+                                 "can be cached")
+            text_encoder.to(args.device)
+    except (NotImplementedError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"rgbd-world cache-latents: error: {err}", file=sys.stderr)
         return 2
     dataset = RGBDVideoDataset(args.data, args.frames, (args.height, args.width),
@@ -74,6 +97,33 @@ def _cache_latents(args: argparse.Namespace) -> int:
     paths = encode_dataset(dataset, encoder, args.out, batch_size=args.batch_size,
                            samples_per_shard=args.samples_per_shard, num_workers=args.workers,
                            device=args.device, storage_dtype=args.storage_dtype,
-                           encoder_name=args.tokenizer, progress=not args.no_progress)
-    print(f"{len(dataset)} samples in {len(paths)} latent shards under {args.out}")
+                           rgb_encoder=rgb_encoder, text_encoder=text_encoder,
+                           encoder_name=_spec_name(args.tokenizer), rgb_encoder_name=rgb_name,
+                           progress=not args.no_progress)
+    extras = [what for what, used in (("RGB latents", rgb_encoder), ("text embeddings",
+                                                                     text_encoder)) if used]
+    print(f"{len(dataset)} samples in {len(paths)} latent shards under {args.out}"
+          + (f" (with {' and '.join(extras)})" if extras else ""))
     return 0
+
+
+def _spec_name(spec: str) -> str:
+    """An encoder spec as recorded in the cache: checkpoint paths made absolute."""
+    return str(Path(spec).resolve()) if os.path.exists(spec) else spec
+
+
+def _rgb_encoder(args: argparse.Namespace):
+    """(encoder, recorded name) of ``--rgb-tokenizer``, or (None, None)."""
+    from .latent_cache import load_encoder
+
+    spec = args.rgb_tokenizer
+    if spec == "none":
+        return None, None
+    if spec == "auto":
+        config = Path(args.tokenizer) / "config.json"
+        if not config.is_file():
+            return None, None  # not a training run: nothing recorded to go by
+        spec = json.loads(config.read_text()).get("model", {}).get("teacher", "")
+        if not spec:
+            return None, None
+    return load_encoder(spec, device=args.device), _spec_name(spec)

@@ -5,13 +5,16 @@ function of the same contract) over an :class:`~rgbd_world.data.RGBDVideoDataset
 ``latents-000000.npz`` shards atomically (temporary name, then rename), resuming by skipping
 finished shards. Encoder contract: it takes a float tensor (B, 4, T, H, W) — RGB in [-1, 1] and
 normalized disparity, concatenated on channels — and returns latents (B, C, t, h, w) (a tuple's
-first element is used). An optional ``text_encoder`` maps a list of captions to a tensor
-(B, L, D) stored next to the latents.
+first element is used). An optional ``rgb_encoder`` (the frozen RGB tokenizer) gets the RGB
+channels alone (B, 3, T, H, W); its latents are what stage 2 conditions on in video mode. An
+optional ``text_encoder`` (a frozen :mod:`rgbd_world.dit.text` encoder, whose ``encode`` returns
+embeddings and a token mask, or a callable returning (B, L, D) or such a pair) embeds the captions.
 
-Shard members: ``meta`` (0-d unicode JSON: format, encoder name, per-sample ``name``,
+Shard members: ``meta`` (0-d unicode JSON: format, encoder names, per-sample ``name``,
 ``caption``, ``source``, ``latent_shape``) and per sample ``<name>/latent`` (C, t, h, w)
 float16 or float32, ``<name>/K`` (T, 3, 3), ``<name>/poses`` (T, 4, 4), ``<name>/disparity_shift``,
-``<name>/disparity_scale`` and optionally ``<name>/text``. :class:`LatentDataset` reads them.
+``<name>/disparity_scale``, optionally ``<name>/rgb_latent`` (C_rgb, t, h, w) and
+``<name>/text`` (L_i, D): the caption's valid tokens only. :class:`LatentDataset` reads them.
 
 Augmented datasets are encoded as they come (one random crop per sample); pass
 ``augment=False`` to the dataset for a canonical cache.
@@ -30,7 +33,8 @@ import torch
 from .dataset import SkippingDataset
 from .shards import progress_bar, remove_stale_temporaries, write_npz_atomic, write_text_atomic
 
-__all__ = ["LATENT_GLOB", "encode_dataset", "LatentDataset", "load_encoder", "pool_encoder"]
+__all__ = ["LATENT_GLOB", "encode_dataset", "LatentDataset", "collate_latents", "load_encoder",
+           "pool_encoder"]
 
 LATENT_GLOB = "latents-*.npz"
 LATENT_FORMAT = "rgbd-world-latents"
@@ -56,11 +60,8 @@ def pool_encoder(video: torch.Tensor, spatial: int = 8, temporal: int = 8) -> to
 
 
 def load_encoder(spec: str, device: str | torch.device = "cpu") -> Callable:
-    """An encoder from a CLI spec: ``package.module:callable`` or a tokenizer checkpoint path.
-
-    Checkpoints need the RGBD tokenizer (``rgbd_world.tokenizer``); until it exists this raises
-    NotImplementedError with what to do instead.
-    """
+    """An encoder from a CLI spec: ``package.module:callable`` or a tokenizer checkpoint path
+    (a training run directory, a saved tokenizer or a Cosmos checkpoint)."""
     if ":" in spec and not os.path.exists(spec):
         module, _, attr = spec.partition(":")
         try:
@@ -73,17 +74,25 @@ def load_encoder(spec: str, device: str | torch.device = "cpu") -> Callable:
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist")
-    try:
-        tokenizer = importlib.import_module("rgbd_world.tokenizer")
-        loader = getattr(tokenizer, "load_encoder")
-    except (ImportError, AttributeError) as err:
-        raise NotImplementedError(
-            f"cannot load tokenizer checkpoint {path}: the RGBD tokenizer (rgbd_world.tokenizer"
-            f".load_encoder) is not available in this build yet ({err}). Pass --tokenizer "
-            "package.module:callable for any encoder, or call "
-            "rgbd_world.data.latent_cache.encode_dataset(dataset, encoder, out_dir) from "
-            "Python.") from err
-    return loader(path, device=device)
+    from rgbd_world.tokenizer.checkpoint import load_encoder as load_tokenizer_encoder
+
+    return load_tokenizer_encoder(path, device=device)
+
+
+def _text_tokens(text_encoder, captions: list[str]) -> list[torch.Tensor]:
+    """Per caption, its valid token embeddings (L_i, D)."""
+    out = text_encoder.encode(captions) if hasattr(text_encoder, "encode") else text_encoder(captions)
+    emb, mask = out if isinstance(out, (tuple, list)) else (out, None)
+    if not isinstance(emb, torch.Tensor) or emb.dim() != 3 or emb.shape[0] != len(captions):
+        raise ValueError(f"text_encoder must return (B, L, D) embeddings for B = {len(captions)}, "
+                         f"got {getattr(emb, 'shape', emb)}")
+    if mask is None:
+        return list(emb)
+    return [e[m.to(torch.bool)] for e, m in zip(emb, mask)]
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
@@ -93,8 +102,10 @@ def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
 def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
                    batch_size: int = 4, samples_per_shard: int = 64, num_workers: int = 0,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   storage_dtype: str = "float16", text_encoder: Callable | None = None,
-                   encoder_name: str | None = None, progress: bool = True,
+                   storage_dtype: str = "float16", rgb_encoder: Callable | None = None,
+                   text_encoder: Callable | None = None, encoder_name: str | None = None,
+                   rgb_encoder_name: str | None = None, text_encoder_name: str | None = None,
+                   progress: bool = True,
                    on_shard: Callable[[int], None] | None = None) -> list[Path]:
     """Encode every sample of ``dataset`` into latent shards under ``out_dir``; return paths.
 
@@ -110,9 +121,16 @@ def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
-    name = encoder_name or getattr(encoder, "__qualname__", type(encoder).__name__)
+    def describe(fn, given):
+        if fn is None:
+            return None
+        return given or getattr(fn, "name", None) or getattr(fn, "__qualname__", type(fn).__name__)
+
+    name = describe(encoder, encoder_name)
     config = {"format": LATENT_FORMAT, "version": 1, "num_samples": n,
               "samples_per_shard": samples_per_shard, "encoder": name,
+              "rgb_encoder": describe(rgb_encoder, rgb_encoder_name),
+              "text_encoder": describe(text_encoder, text_encoder_name),
               "storage_dtype": storage_dtype}
     manifest = out / _MANIFEST
     if manifest.exists():
@@ -141,13 +159,14 @@ def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
             for batch in loader:
                 video = torch.cat([batch["rgb"], batch["disparity"]], 1).to(device, dtype)
                 with torch.no_grad():
-                    latent = encoder(video)
-                    if isinstance(latent, (tuple, list)):
-                        latent = latent[0]
-                    text = text_encoder(list(batch["caption"])) if text_encoder else None
-                if not isinstance(latent, torch.Tensor) or latent.shape[0] != video.shape[0]:
-                    raise ValueError(f"encoder must return a (B, ...) tensor for B = "
-                                     f"{video.shape[0]}, got {getattr(latent, 'shape', latent)}")
+                    latent = _first(encoder(video))
+                    rgb_latent = _first(rgb_encoder(video[:, :3])) if rgb_encoder else None
+                    text = _text_tokens(text_encoder, list(batch["caption"])) if text_encoder else None
+                for what, value in (("encoder", latent), ("rgb_encoder", rgb_latent)):
+                    if value is not None and (not isinstance(value, torch.Tensor)
+                                              or value.shape[0] != video.shape[0]):
+                        raise ValueError(f"{what} must return a (B, ...) tensor for B = "
+                                         f"{video.shape[0]}, got {getattr(value, 'shape', value)}")
                 for b in range(video.shape[0]):
                     key = f"sample-{ids[k]:08d}"
                     arrays[f"{key}/latent"] = _to_numpy(latent[b], storage_dtype)
@@ -155,6 +174,8 @@ def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
                     arrays[f"{key}/poses"] = batch["poses"][b].numpy()
                     arrays[f"{key}/disparity_shift"] = batch["disparity_shift"][b].numpy()
                     arrays[f"{key}/disparity_scale"] = batch["disparity_scale"][b].numpy()
+                    if rgb_latent is not None:
+                        arrays[f"{key}/rgb_latent"] = _to_numpy(rgb_latent[b], storage_dtype)
                     if text is not None:
                         arrays[f"{key}/text"] = _to_numpy(text[b], storage_dtype)
                     samples.append({"name": key, "index": ids[k], "caption": batch["caption"][b],
@@ -162,7 +183,9 @@ def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
                                     "latent_shape": list(latent[b].shape)})
                     k += 1
                 bar.update(video.shape[0])
-            meta = {"format": LATENT_FORMAT, "version": 1, "encoder": name, "samples": samples}
+            meta = {"format": LATENT_FORMAT, "version": 1, "encoder": name,
+                    "rgb_encoder": config["rgb_encoder"], "text_encoder": config["text_encoder"],
+                    "samples": samples}
             arrays["meta"] = np.array(json.dumps(meta))
             write_npz_atomic(paths[s], arrays, compress=False)
             if on_shard:
@@ -175,7 +198,10 @@ def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
 
 class LatentDataset(SkippingDataset):
     """Samples of a latent cache: ``latent`` (C, t, h, w) float32, ``caption``, ``K``, ``poses``,
-    ``disparity_shift``/``disparity_scale``, ``text`` (if cached), ``source``, ``index``.
+    ``disparity_shift``/``disparity_scale``, ``rgb_latent`` and ``text`` (L_i, D) (if cached),
+    ``source``, ``index``. ``encoders`` names the encoders the cache was made with
+    (``{"encoder", "rgb_encoder", "text_encoder"}``, None where absent). Batch with
+    :func:`collate_latents`, which pads the text tokens.
 
     Bad shards are skipped and counted like :class:`~rgbd_world.data.RGBDVideoDataset`'s clips.
     """
@@ -183,6 +209,7 @@ class LatentDataset(SkippingDataset):
     def __init__(self, root: str | os.PathLike | Sequence[str | os.PathLike]):
         roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
         self.entries: list[tuple[str, dict]] = []
+        self.encoders: dict[str, str | None] | None = None
         problems = []
         for r in map(Path, roots):
             if not r.is_dir():
@@ -194,6 +221,12 @@ class LatentDataset(SkippingDataset):
                         meta = json.loads(str(z["meta"]))
                     if meta.get("format") != LATENT_FORMAT:
                         raise ValueError(f"format {meta.get('format')!r}")
+                    names = {k: meta.get(k) for k in ("encoder", "rgb_encoder", "text_encoder")}
+                    if self.encoders is None:
+                        self.encoders = names
+                    elif names != self.encoders:
+                        raise ValueError(f"made with other encoders ({names}) than the first "
+                                         f"shard ({self.encoders})")
                     self.entries += [(str(path), m) for m in meta["samples"]]
                 except Exception as err:  # noqa: BLE001 - skipped and counted
                     problems.append((str(path), f"unreadable latent shard ({type(err).__name__}: "
@@ -212,10 +245,31 @@ class LatentDataset(SkippingDataset):
                    "poses": torch.from_numpy(z[f"{key}/poses"]),
                    "disparity_shift": torch.from_numpy(z[f"{key}/disparity_shift"]),
                    "disparity_scale": torch.from_numpy(z[f"{key}/disparity_scale"])}
-            if f"{key}/text" in z.files:
-                out["text"] = torch.from_numpy(z[f"{key}/text"].astype(np.float32))
+            for member in ("rgb_latent", "text"):
+                if f"{key}/{member}" in z.files:
+                    out[member] = torch.from_numpy(z[f"{key}/{member}"].astype(np.float32))
         if list(out["latent"].shape) != m["latent_shape"]:
             raise ValueError(f"{path}[{key}]: latent shape {list(out['latent'].shape)} != "
                              f"{m['latent_shape']} in meta")
         out.update(caption=m["caption"], source=m["source"], index=m["index"])
         return out
+
+
+def collate_latents(samples: list[dict]) -> dict:
+    """Batch :class:`LatentDataset` samples: tensors stacked, ``caption``/``source`` as lists,
+    ``text`` padded to the longest caption (B, L, D) with ``text_mask`` (B, L) bool."""
+    from torch.utils.data import default_collate
+
+    samples = [dict(s) for s in samples]
+    lists = {k: [s.pop(k) for s in samples] for k in ("caption", "source") if k in samples[0]}
+    texts = [s.pop("text") for s in samples] if "text" in samples[0] else None
+    batch = default_collate(samples)
+    batch.update(lists)
+    if texts is not None:
+        longest = max(1, max(t.shape[0] for t in texts))
+        emb = texts[0].new_zeros(len(texts), longest, texts[0].shape[-1])
+        mask = torch.zeros(len(texts), longest, dtype=torch.bool)
+        for i, t in enumerate(texts):
+            emb[i, :t.shape[0]], mask[i, :t.shape[0]] = t, True
+        batch["text"], batch["text_mask"] = emb, mask
+    return batch

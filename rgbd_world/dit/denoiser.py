@@ -1,8 +1,9 @@
 """The trainable stage-2 network: the DiT plus, when it is trainable, the text encoder.
 
-``RGBDDenoiser(dit, text_encoder)``: ``forward(x, t, prompts, cond, cond_mask, drop_text=None)``
-encodes the prompts (a dropped prompt becomes the null text: every token masked, zeros) and
-returns the DiT's velocity. Frozen text encoders (MiniLM, T5) stay outside the module, so
+``RGBDDenoiser(dit, text_encoder)``: ``forward(x, t, prompts, cond, cond_mask, drop_text=None,
+text=None)`` encodes the prompts, or takes their embeddings precomputed by the same frozen
+encoder (``text`` = ((B, L, D), (B, L) bool mask), e.g. from a latent cache); a dropped prompt
+becomes the null text (every token masked, zeros); returns the DiT's velocity. Frozen text encoders (MiniLM, T5) stay outside the module, so
 checkpoints hold only what is trained.
 """
 from __future__ import annotations
@@ -32,6 +33,9 @@ class RGBDDenoiser(nn.Module):
         """(B, L, D) embeddings and (B, L) bool mask; dropped prompts are all-masked zeros."""
         encoder = self.text_encoder if self.text_encoder is not None else self._frozen_text
         emb, mask = encoder.encode(list(prompts))
+        return self._drop(emb, mask, drop, device)
+
+    def _drop(self, emb, mask, drop, device):
         device = device or next(self.dit.parameters()).device
         emb, mask = emb.to(device), mask.to(device)
         if drop is not None:
@@ -42,6 +46,13 @@ class RGBDDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, prompts: Sequence[str],
                 cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None,
-                drop_text: torch.Tensor | None = None) -> torch.Tensor:
-        emb, mask = self.encode_text(prompts, drop_text, x.device)
+                drop_text: torch.Tensor | None = None,
+                text: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if text is not None:
+            if self.text_encoder is not None:
+                raise ValueError("precomputed text embeddings need a frozen text encoder; this "
+                                 "denoiser trains its own")
+            emb, mask = self._drop(text[0], text[1].bool(), drop_text, x.device)
+        else:
+            emb, mask = self.encode_text(prompts, drop_text, x.device)
         return self.dit(x, t, emb, text_mask=mask, cond=cond, cond_mask=cond_mask)

@@ -159,6 +159,7 @@ class MiniLMTextEncoder(_FrozenEncoder):
             self.model = AutoModel.from_pretrained(str(path), local_files_only=True).eval().to(device)
         self.model.requires_grad_(False)
         self.dim = 384
+        self.name = "minilm"
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,6 +194,7 @@ class HFTextEncoder(_FrozenEncoder):
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.path, self.max_len = str(path), max_len
+        self.name = str(Path(path).expanduser().resolve())
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         auto = getattr(transformers, "AutoModelForTextEncoding", None)  # T5 -> T5EncoderModel
         try:

@@ -68,7 +68,7 @@ def test_per_frame_sampling_is_independent_per_frame():
     assert t.shape == (N_DRAWS // 10, 10)
     assert ks_statistic(t, lambda x: normal_cdf(torch.logit(x))) < KS_THRESHOLD
     corr = np.corrcoef(t[:, 0].numpy(), t[:, 1].numpy())[0, 1]
-    assert abs(corr) < 0.03
+    assert abs(corr) < 0.05  # 5 standard errors (1/sqrt(10k) = 0.01)
     assert (t[:, 0] != t[:, 1]).float().mean() > 0.99
 
 

@@ -472,3 +472,39 @@ def test_flops_estimate():
     assert 6 * params * n < one < 12 * params * n
     assert model.num_flops_per_token(8, 64, 64, 128) == pytest.approx(one / n)
     assert model.flops_per_step(1, 8, 64, 64, 128, training=False) * 3 == one
+
+
+# ----------------------------------------------------------------------------- denoiser, cached text
+
+class FrozenStub:
+    """A frozen text encoder (not an nn.Module): random embeddings keyed by the prompt."""
+
+    dim, name = TD, "frozen-stub"
+
+    def encode(self, prompts):
+        lengths = [len(p) % 4 + 1 for p in prompts]
+        emb = torch.zeros(len(prompts), max(lengths), TD)
+        mask = torch.zeros(len(prompts), max(lengths), dtype=torch.bool)
+        for i, (p, k) in enumerate(zip(prompts, lengths)):
+            g = torch.Generator().manual_seed(sum(map(ord, p)))
+            emb[i, :k], mask[i, :k] = torch.randn(k, TD, generator=g), True
+        return emb, mask
+
+
+def test_denoiser_with_precomputed_text_equals_encoding_the_prompts():
+    from rgbd_world.dit.denoiser import RGBDDenoiser
+
+    torch.manual_seed(0)
+    model = RGBDDenoiser(randomize_zero_init(tiny()), FrozenStub())
+    assert model.text_encoder is None  # frozen encoders are not part of the checkpoint
+    x, t, _, _ = inputs()
+    prompts = ["a red sphere", "two boxes"]
+    emb, mask = FrozenStub().encode(prompts)
+    for drop in (None, torch.tensor([True, False])):
+        want = model(x, t, prompts, drop_text=drop)
+        got = model(x, t, ["ignored", "ignored"], drop_text=drop, text=(emb, mask))
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(model(x, t, ["other", "prompts"]), want)
+    trainable = RGBDDenoiser(tiny(), ByteTextEncoder(TD))
+    with pytest.raises(ValueError, match="frozen text encoder"):
+        trainable(x, t, prompts, text=(emb, mask))

@@ -7,7 +7,8 @@ import torch
 
 from rgbd_world.data.cli import add_cache_latents_parser
 from rgbd_world.data.dataset import RGBDVideoDataset
-from rgbd_world.data.latent_cache import LatentDataset, encode_dataset, pool_encoder
+from rgbd_world.data.latent_cache import (LatentDataset, collate_latents, encode_dataset,
+                                          pool_encoder)
 from rgbd_world.data.shards import generate_dataset
 
 
@@ -60,6 +61,65 @@ def test_encode_and_read_back(data, tmp_path):
         assert torch.equal(item["text"], torch.full((3, 2), float(len(sample["caption"]))))
     batch = next(iter(torch.utils.data.DataLoader(cache, batch_size=2, num_workers=0)))
     assert batch["latent"].shape == (2, 6, 2, 2, 3)
+
+
+class PairTextEncoder:
+    """A frozen-encoder stand-in: ``encode`` gives (B, L, D) and a mask of len(caption) % 5 + 1
+    tokens, token j of caption i being j + 100 * len(caption)."""
+
+    name = "pair-test"
+
+    def encode(self, captions):
+        n = [len(c) % 5 + 1 for c in captions]
+        emb = torch.zeros(len(captions), max(n) + 2, 3)
+        mask = torch.zeros(len(captions), max(n) + 2, dtype=torch.bool)
+        for i, (c, k) in enumerate(zip(captions, n)):
+            emb[i, :k] = (torch.arange(k, dtype=torch.float32) + 100 * len(c))[:, None]
+            mask[i, :k] = True
+        return emb, mask
+
+
+def test_rgb_latents_and_masked_text_are_cached_and_collated(data, tmp_path):
+    ds = RGBDVideoDataset(data, frames=9, size=(16, 24), augment=False)
+    rgb_seen = []
+
+    def rgb_encoder(video):
+        rgb_seen.append(video.shape[1])
+        return pool_encoder(video) * 2
+
+    encode_dataset(ds, CountingEncoder(), tmp_path, batch_size=3, samples_per_shard=4,
+                   rgb_encoder=rgb_encoder, text_encoder=PairTextEncoder(),
+                   storage_dtype="float32", progress=False)
+    assert set(rgb_seen) == {3}  # the RGB encoder gets the RGB channels alone
+    cache = LatentDataset(tmp_path)
+    assert cache.encoders["encoder"] == "CountingEncoder"
+    assert cache.encoders["rgb_encoder"].endswith("rgb_encoder")  # a function's qualified name
+    assert cache.encoders["text_encoder"] == "pair-test"
+    items = [cache[i] for i in range(len(cache))]
+    for item, i in zip(items, range(len(ds))):
+        sample = ds[i]
+        rgb = sample["rgb"][None]
+        torch.testing.assert_close(item["rgb_latent"], pool_encoder(rgb)[0] * 2)
+        k = len(sample["caption"]) % 5 + 1
+        assert item["text"].shape == (k, 3)  # valid tokens only
+        assert item["text"][-1, 0] == k - 1 + 100 * len(sample["caption"])
+    batch = collate_latents(items[:3])
+    longest = max(it["text"].shape[0] for it in items[:3])
+    assert batch["text"].shape == (3, longest, 3) and batch["text_mask"].shape == (3, longest)
+    assert batch["rgb_latent"].shape == (3, 3, 2, 2, 3) and batch["latent"].shape[0] == 3
+    assert batch["caption"] == [it["caption"] for it in items[:3]]
+    for i, it in enumerate(items[:3]):
+        k = it["text"].shape[0]
+        assert batch["text_mask"][i].sum() == k and batch["text_mask"][i, :k].all()
+        assert torch.equal(batch["text"][i, :k], it["text"])
+        assert (batch["text"][i, k:] == 0).all()
+
+
+def test_text_encoder_must_return_embeddings(data, tmp_path):
+    ds = RGBDVideoDataset(data, frames=9, size=(16, 24), augment=False)
+    with pytest.raises(ValueError, match="text_encoder must return"):
+        encode_dataset(ds, pool_encoder, tmp_path, text_encoder=lambda c: torch.zeros(len(c), 4),
+                       progress=False)
 
 
 def test_latent_shards_are_atomic_and_resume(data, tmp_path):

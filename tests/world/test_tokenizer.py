@@ -160,14 +160,14 @@ def test_encoder_and_decoder_are_causal(tiny):
         x9 = x.clone()
         x9[:, :, 9:] = torch.rand_like(x9[:, :, 9:]) * 2 - 1  # frames 9..16 -> latent 2
         z9 = tiny.encode(x9)
-    assert rel(z1[:, :, :1], z[:, :, :1]) < 1e-6 and rel(z1[:, :, 1:], z[:, :, 1:]) > 1e-3
-    assert rel(z9[:, :, :2], z[:, :, :2]) < 1e-6 and rel(z9[:, :, 2], z[:, :, 2]) > 1e-3
+    assert rel(z1[:, :, :1], z[:, :, :1]) < 1e-5 and rel(z1[:, :, 1:], z[:, :, 1:]) > 1e-3
+    assert rel(z9[:, :, :2], z[:, :, :2]) < 1e-5 and rel(z9[:, :, 2], z[:, :, 2]) > 1e-3
     with torch.no_grad():
         y = tiny.decode(z)
         z2 = z.clone()
         z2[:, :, 2] += torch.randn_like(z2[:, :, 2])
         y2 = tiny.decode(z2)
-    assert rel(y2[:, :, :9], y[:, :, :9]) < 1e-6 and rel(y2[:, :, 9:], y[:, :, 9:]) > 1e-3
+    assert rel(y2[:, :, :9], y[:, :, :9]) < 1e-5 and rel(y2[:, :, 9:], y[:, :, 9:]) > 1e-3
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -290,8 +290,8 @@ def test_inflation_keeps_rgb_latents_and_reconstructions(tiny, geometry):
         z = rgbd.encode(x)
         y_rgb = tiny.decode(z_rgb)
         y = rgbd.decode(z)
-    assert rel(z[:, :16], z_rgb) < 1e-6
-    assert rel(y[:, :3], y_rgb) < 1e-6
+    assert rel(z[:, :16], z_rgb) < 1e-5
+    assert rel(y[:, :3], y_rgb) < 1e-5
     assert y.shape == x.shape
     if geometry:
         assert z[:, 16:].abs().max() > 0  # new latent channels are live (but unread by RGB)

@@ -140,12 +140,21 @@ def test_stage1_lowers_reconstruction_losses_and_evaluates(tmp_path, data_root):
     assert metrics["psnr"] > 10 and 0 <= metrics["delta1"] <= 1 and metrics["abs_rel"] >= 0
 
 
-def test_stage2_dit_run_lowers_flow_loss(tmp_path, data_root):
-    rgb, rgbd, dit = tmp_path / "rgb", tmp_path / "rgbd", tmp_path / "dit"
+@pytest.fixture(scope="module")
+def tokenizer_runs(tmp_path_factory, data_root):
+    """(RGB tokenizer run, RGBD tokenizer run distilled from it), 20 steps each."""
+    base = tmp_path_factory.mktemp("tokenizers")
+    rgb, rgbd = base / "rgb", base / "rgbd"
     for out, stage, extra in ((rgb, "tokenizer-rgb", []),
                               (rgbd, "tokenizer", [f"model.teacher={rgb}"])):
         r = run_train(out, "run.steps=20", "run.ckpt_every=20", *extra, stage=stage, data_root=data_root)
         assert r.returncode == 0, r.stderr[-3000:]
+    return rgb, rgbd
+
+
+def test_stage2_dit_run_lowers_flow_loss(tmp_path, data_root, tokenizer_runs):
+    rgb, rgbd = tokenizer_runs
+    dit = tmp_path / "dit"
     r = run_train(dit, "run.steps=150", "run.ckpt_every=150", f"model.tokenizer={rgbd}",
                   "optim.lr=1e-3", "optim.warmup_steps=10", stage="dit", data_root=data_root)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -161,3 +170,37 @@ def torch_finite(t):
     import torch
 
     return bool(torch.isfinite(t).all())
+
+
+def test_stage2_on_cached_latents_matches_on_the_fly(tmp_path, data_root, tokenizer_runs):
+    """Caching the latents (and the RGB tokenizer's) changes nothing but the cost: same losses."""
+    _, rgbd = tokenizer_runs
+    def cache_latents(out, *extra):
+        cmd = [sys.executable, "-m", "rgbd_world.cli", "cache-latents", "--tokenizer", str(rgbd),
+               "--data", str(data_root), "--out", str(out), "--frames", "9", "--height", "32",
+               "--width", "32", "--storage-dtype", "float32", "--no-progress", *extra]
+        return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                              timeout=600)
+
+    cache = tmp_path / "cache"
+    r = cache_latents(cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "8 samples" in r.stdout and "with RGB latents" in r.stdout, r.stdout
+    common = ("run.steps=6", "run.ckpt_every=6", f"model.tokenizer={rgbd}", "data.flip=false")
+    fly, cached = tmp_path / "fly", tmp_path / "cached"
+    r = run_train(fly, *common, stage="dit", data_root=data_root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_train(cached, *common, "data.source=latents", stage="dit", data_root=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "8 cached latents" in r.stdout, r.stdout
+    a, b = ([json.loads(l)["flow_mse"] for l in (d / "metrics.jsonl").read_text().splitlines()]
+            for d in (fly, cached))
+    assert len(a) == len(b) == 6
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 1e-4 * abs(x), (a, b)
+    # a cache without the RGB latents is refused with what to do
+    bare = tmp_path / "bare"
+    r = cache_latents(bare, "--rgb-tokenizer", "none")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_train(tmp_path / "bad", *common, "data.source=latents", stage="dit", data_root=bare)
+    assert r.returncode != 0 and "--rgb-tokenizer" in r.stderr, r.stderr[-3000:]

@@ -1,7 +1,9 @@
 """Stage 2: the DiT trained with flow matching on RGBD latents of the frozen stage-1 tokenizer.
 
 Per batch: encode the RGBD clip with the frozen RGBD tokenizer (z) and its RGB channels with the
-frozen RGB tokenizer (z_rgb); draw a conditioning mode per sample (text / image / video /
+frozen RGB tokenizer (z_rgb) — or, with ``data.source = "latents"``, read both from a latent
+cache (``rgbd-world cache-latents``, plus cached caption embeddings when they come from the run's
+frozen text encoder); draw a conditioning mode per sample (text / image / video /
 continuation, :mod:`rgbd_world.dit.conditioning`), drop text and RGB conditioning at random for
 classifier-free guidance; draw logit-normal times shifted by sqrt(latent frames), held frames
 at t = 0; loss = fused flow-matching MSE on the frames to generate. Randomness comes from the
@@ -58,7 +60,40 @@ class DiTStage(Stage):
                 "tokenizer_run": self.cfg["model"]["tokenizer"]}
 
     def build_dataset(self):
+        if self.cfg["data"]["source"] == "latents":
+            return self._latent_dataset()
         return build_rgbd_dataset(self.cfg, self.info, self.tokenizer.temporal_compression)
+
+    def _latent_dataset(self):
+        """The latent cache at ``data.root``, checked against the frozen tokenizers."""
+        from rgbd_world.data import LatentDataset
+
+        root = self.cfg["data"]["root"]
+        if not root:
+            raise ValueError("data.source='latents' needs data.root: a directory written by "
+                             "'rgbd-world cache-latents --tokenizer <the model.tokenizer run>'")
+        dataset = LatentDataset(root)
+        first = dataset[0]
+        want = (self.tokenizer.latent_channels, self.rgb_tokenizer.latent_channels)
+        if "rgb_latent" not in first:
+            raise ValueError(f"the latent cache {root} has no RGB latents (video conditioning "
+                             "needs them): rebuild it with 'rgbd-world cache-latents "
+                             "--rgb-tokenizer <the RGB tokenizer>'")
+        got = (first["latent"].shape[0], first["rgb_latent"].shape[0])
+        if got != want:
+            raise ValueError(f"the latent cache {root} has (RGBD, RGB) latent channels {got}, but "
+                             f"model.tokenizer and its RGB tokenizer make {want}: cache with the "
+                             "same tokenizers")
+        self._clip_frames = 1 + (first["latent"].shape[1] - 1) * self.tokenizer.temporal_compression
+        made_with = dataset.encoders["text_encoder"]
+        mine = getattr(self.model._frozen_text, "name", None) if self.model.text_encoder is None \
+            else None
+        self.cached_text = made_with is not None and made_with == mine
+        if self.info.is_main:
+            print(f"stage dit: {len(dataset)} cached latents from {root} (tokenizer "
+                  f"{dataset.encoders['encoder']}); caption embeddings "
+                  f"{'from the cache' if self.cached_text else 'computed per step'}", flush=True)
+        return dataset
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.dit.blocks)
@@ -66,21 +101,30 @@ class DiTStage(Stage):
     def collate(self, samples):
         from torch.utils.data import default_collate
 
+        if self.cfg["data"]["source"] == "latents":
+            from rgbd_world.data import collate_latents
+
+            return collate_latents(samples)
         captions = [s.pop("caption") for s in samples]
         batch = default_collate(samples)
         batch["caption"] = captions
         return batch
 
     def frames_per_step(self) -> int:
-        return self.cfg["data"]["batch_size"] * self.cfg["data"]["frames"]
+        frames = getattr(self, "_clip_frames", None) or self.cfg["data"]["frames"]
+        return self.cfg["data"]["batch_size"] * frames
 
     def compute_loss(self, model, batch):
         from rgbd_world.dit.conditioning import sample_training_conditioning
 
-        with torch.no_grad():
-            x = torch.cat([batch["rgb"], batch["disparity"]], dim=1)
-            z = self.tokenizer.encode(x)
-            z_rgb = self.rgb_tokenizer.encode(batch["rgb"])
+        if "latent" in batch:  # a latent cache
+            dev = self.info.device
+            z, z_rgb = batch["latent"].to(dev), batch["rgb_latent"].to(dev)
+        else:
+            with torch.no_grad():
+                x = torch.cat([batch["rgb"], batch["disparity"]], dim=1)
+                z = self.tokenizer.encode(x)
+                z_rgb = self.rgb_tokenizer.encode(batch["rgb"])
         b, _, t_lat = z.shape[:3]
         cond, _ = sample_training_conditioning(z, z_rgb, self.dit_config.cond_channels,
                                                generator=None, cond_dropout=COND_DROPOUT)
@@ -91,7 +135,9 @@ class DiTStage(Stage):
         noise = torch.randn(z.shape, generator=None).to(z.device, z.dtype)
         x_t = rk.flow_interpolate(z, noise, t)
         drop_text = torch.rand(b, generator=None) < TEXT_DROPOUT
-        v = model(x_t, t, batch["caption"], cond.cond, cond.cond_mask, drop_text=drop_text)
+        text = (batch["text"], batch["text_mask"]) if getattr(self, "cached_text", False) else None
+        v = model(x_t, t, batch["caption"], cond.cond, cond.cond_mask, drop_text=drop_text,
+                  text=text)
         loss = rk.flow_matching_loss(v, z, noise, mask=cond.loss_mask)
         self._tokens = b * t_lat * z.shape[3] * z.shape[4] // 4  # (1, 2, 2) patches
         text_len = max(1, max(len(c.encode("utf-8")) for c in batch["caption"]))

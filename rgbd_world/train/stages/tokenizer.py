@@ -30,6 +30,10 @@ def build_rgbd_dataset(cfg: dict[str, dict[str, Any]], info, temporal_compressio
 
     data = cfg["data"]
     size = (data["height"], data["width"])
+    if data["source"] == "latents":
+        raise ValueError("data.source='latents' (a latent cache) is for stage 'dit' only; the "
+                         "tokenizer stages train on videos: use 'synthetic', 'shards' or a "
+                         "dataset format")
     if data["source"] == "synthetic":
         root = Path(data["root"] or Path(cfg["run"]["out_dir"]) / "data")
         if info.is_main:
