@@ -57,7 +57,9 @@ _COMPILED = {}
 
 def _compiled_eager():
     if "fn" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(eager_causal_conv3d)
+        # static shapes: a shared compiled function would otherwise turn dynamic after the
+        # second shape and time a generic graph
+        _COMPILED["fn"] = torch.compile(eager_causal_conv3d, dynamic=False)
     return _COMPILED["fn"]
 
 
@@ -105,7 +107,7 @@ def _timed(path, mode, spec):
     x, w, b = (t.requires_grad_(True) for t in (x, w, b))
     gy = torch.randn_like(fwd(x, w, b))
 
-    def fwd_bwd():
+    def fwd_bwd():  # our backward runs on the backend its forward chose (saved in the graph)
         y = fwd(x, w, b)
         return torch.autograd.grad(y, (x, w, b), gy)
 

@@ -1,9 +1,10 @@
 """Procedural RGB-D generator: frames per second of the ray caster (goal: >= 30 fps on CPU).
 
 A 6-object scene (ground, back wall or sky, shadows) at 256x256, 17 frames per call, rendered
-on the benchmark device with one torch thread and with torch's default thread count (on a
-busy 2-core machine one thread is faster: per-op thread hand-offs dominate). ``extra_info`` records fps, the
-pixels (primary rays) per second and the thread count.
+on the benchmark device with one torch thread and with torch's default thread count (which is
+faster depends on the machine and its load: measured on 2 idle cores, two threads gave 59-63 fps
+and one 35). ``extra_info`` records fps, the pixels (primary rays) per second and the thread
+count.
 Run: ``pytest benchmarks/test_bench_synthetic.py --benchmark-only``.
 """
 import pytest

@@ -306,6 +306,15 @@ def _pick_backend(x: torch.Tensor, weight: torch.Tensor, stride) -> str:
     return backend
 
 
+_BACKWARD_BACKENDS = ("reference", "cudnn", "triton")
+
+
+def _check_backward_backend(backend: str) -> None:
+    if backend not in _BACKWARD_BACKENDS:
+        raise ValueError(f"causal_conv3d backward: backend must be one of {_BACKWARD_BACKENDS}, "
+                         f"got {backend!r}")
+
+
 def _native_dtype(backend: str, dtype: torch.dtype) -> torch.dtype:
     """Compute dtype of the torch paths: cuDNN keeps the input dtype (fp32 accumulation inside)."""
     return dtype if backend == "cudnn" else _compute_dtype(dtype)
@@ -356,11 +365,12 @@ def _(x, weight, bias, cache, stride, padding, dilation, time_pad, activation, s
 def _dgrad_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
               cache: Optional[torch.Tensor], preact: Optional[torch.Tensor],
               stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-              time_pad: str, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dx, dcache); dcache is a (0,) placeholder without a cache. preact: SiLU input or None."""
+              time_pad: str, activation: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dcache); dcache is a (0,) placeholder without a cache. preact: SiLU input or None.
+    backend: the forward's (chosen on the caller's thread, see :func:`_setup`)."""
+    _check_backward_backend(backend)
     th = _head_len(weight.shape, stride, dilation, cache)
     fmt = _memory_format(x)
-    backend = _pick_backend(x, weight, stride)
     if backend != "triton":
         cdt = _native_dtype(backend, x.dtype)
         if grad_y.shape[2] == 0:
@@ -391,7 +401,7 @@ def _dgrad_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 
 
 @_dgrad_op.register_fake
-def _(grad_y, x, weight, cache, preact, stride, padding, dilation, time_pad, activation):
+def _(grad_y, x, weight, cache, preact, stride, padding, dilation, time_pad, activation, backend):
     dx = _fake_alloc(x.shape, x, _memory_format(x))
     if cache is None:
         return dx, x.new_empty((0,))
@@ -402,10 +412,12 @@ def _(grad_y, x, weight, cache, preact, stride, padding, dilation, time_pad, act
 def _wgrad_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
               cache: Optional[torch.Tensor], preact: Optional[torch.Tensor],
               stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-              time_pad: str, activation: str, has_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dweight, dbias); dbias is a (0,) placeholder when has_bias is False."""
+              time_pad: str, activation: str, has_bias: bool,
+              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dweight, dbias); dbias is a (0,) placeholder when has_bias is False. backend: the
+    forward's."""
+    _check_backward_backend(backend)
     th = _head_len(weight.shape, stride, dilation, cache)
-    backend = _pick_backend(x, weight, stride)
     if backend != "triton":
         cdt = _native_dtype(backend, x.dtype)
         if grad_y.shape[2] == 0:
@@ -431,7 +443,7 @@ def _wgrad_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 
 @_wgrad_op.register_fake
 def _(grad_y, x, weight, cache, preact, stride, padding, dilation, time_pad, activation,
-      has_bias):
+      has_bias, backend):
     dw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
     db = weight.new_empty((weight.shape[0],) if has_bias else (0,))
     return dw, db
@@ -445,6 +457,9 @@ def _setup(ctx, inputs, output):
     ctx.conf = (list(stride), list(padding), list(dilation), time_pad, activation)
     ctx.has_bias = bias is not None
     ctx.saved_preact = bool(save_preact)
+    # Chosen here, on the caller's thread: autograd may run the backward on a device thread
+    # where use_backend's context variable is not set.
+    ctx.backend = _pick_backend(x, weight, stride)
 
 
 def _backward(ctx, grad_y, grad_pre):
@@ -457,10 +472,10 @@ def _backward(ctx, grad_y, grad_pre):
     dx = dw = db = dc = None
     if need_x or need_c:
         dx, dc = _dgrad_op(grad_y, x, weight, cache, pre, stride, padding, dilation, time_pad,
-                           activation)
+                           activation, ctx.backend)
     if need_w or need_b:
         dw, db = _wgrad_op(grad_y, x, weight, cache, pre, stride, padding, dilation, time_pad,
-                           activation, ctx.has_bias)
+                           activation, ctx.has_bias, ctx.backend)
     return (dx if need_x else None, dw if need_w else None,
             db if (need_b and ctx.has_bias) else None,
             dc if (need_c and cache is not None) else None,

@@ -21,7 +21,7 @@ import torch
 from . import _buffers
 from ._nvtx import nvtx_range
 from ._validation import check_float
-from .backend import select_backend
+from .backend import BackendUnavailableError, get_backend, select_backend
 
 __all__ = ["depth_to_disparity", "normalize_disparity", "denormalize_disparity",
            "align_scale_shift", "abs_rel", "delta1",
@@ -195,9 +195,23 @@ def normalize_disparity_reference(disparity: torch.Tensor, valid: torch.Tensor |
     return out.view(disparity.shape), stats[:, 0].reshape(lead), stats[:, 1].reshape(lead)
 
 
+def _normalize_backend(values: torch.Tensor) -> str:
+    """The backend for these rows. The fast paths compute in float32, so float64 input (which
+    the reference keeps in float64) goes to the reference under "auto" and is refused by an
+    explicitly requested fast backend."""
+    if values.dtype == torch.float64:
+        requested = get_backend()
+        if requested not in ("auto", "reference"):
+            raise BackendUnavailableError(
+                f"normalize_disparity: backend {requested!r} computes in float32; float64 "
+                "input needs the reference path (use_backend('reference') or 'auto')")
+        return "reference"
+    return select_backend("normalize_disparity", values.device, ("cpp", "triton"))
+
+
 @torch.library.custom_op("rgbd::normalize_disparity_rows", mutates_args=())
 def _normalize_rows_op(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    backend = select_backend("normalize_disparity", values.device, ("cpp", "triton"))
+    backend = _normalize_backend(values)
     if backend == "reference":
         out, stats = _normalize_rows_reference(values, valid)
         return out, stats.float()
@@ -251,8 +265,11 @@ def _normalize_rows_backward_reference(grad_out, grad_stats, values, valid, stat
 @torch.library.custom_op("rgbd::normalize_disparity_rows_backward", mutates_args=())
 def _normalize_rows_backward_op(grad_out: torch.Tensor, grad_stats: torch.Tensor,
                                 values: torch.Tensor, valid: torch.Tensor,
-                                stats: torch.Tensor) -> torch.Tensor:
-    backend = select_backend("normalize_disparity", values.device, ("cpp", "triton"))
+                                stats: torch.Tensor, backend: str) -> torch.Tensor:
+    """d values; ``backend`` is the forward's (chosen on the caller's thread in setup)."""
+    if backend not in ("reference", "cpp", "triton"):
+        raise ValueError(f"normalize_disparity backward: backend must be 'reference', 'cpp' or "
+                         f"'triton', got {backend!r}")
     if backend == "reference":
         return _normalize_rows_backward_reference(grad_out, grad_stats, values, valid, stats)
     grad_values = _buffers.empty_like(values)
@@ -268,13 +285,16 @@ def _normalize_rows_backward_op(grad_out: torch.Tensor, grad_stats: torch.Tensor
 
 
 @_normalize_rows_backward_op.register_fake
-def _(grad_out, grad_stats, values, valid, stats):
+def _(grad_out, grad_stats, values, valid, stats, backend):
     return torch.empty_like(values, memory_format=torch.contiguous_format)
 
 
 def _norm_setup(ctx, inputs, output):
     values, valid = inputs
     ctx.save_for_backward(values, valid, output[1])
+    # Chosen on the caller's thread: autograd may run the backward on a device thread where
+    # use_backend's context variable is not set.
+    ctx.backend = _normalize_backend(values)
 
 
 def _norm_backward(ctx, grad_out, grad_stats):
@@ -284,7 +304,7 @@ def _norm_backward(ctx, grad_out, grad_stats):
     if grad_stats is None:
         grad_stats = torch.zeros_like(stats)
     grad = _normalize_rows_backward_op(grad_out.to(values.dtype), grad_stats.float(), values,
-                                       valid, stats)
+                                       valid, stats, ctx.backend)
     return grad, None
 
 
@@ -334,6 +354,10 @@ def denormalize_disparity(normalized: torch.Tensor, shift: torch.Tensor, scale: 
     check_float("normalized", normalized)
     check_float("shift", shift)
     check_float("scale", scale)
+    for name, t in (("shift", shift), ("scale", scale)):
+        if t.device != normalized.device:
+            raise ValueError(f"{name} must be on normalized's device {normalized.device}, got "
+                             f"{t.device}")
     if shift.shape != scale.shape:
         raise ValueError(f"shift and scale must have the same shape, got {tuple(shift.shape)} "
                          f"and {tuple(scale.shape)}")

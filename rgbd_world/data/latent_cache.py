@@ -91,6 +91,17 @@ def _text_tokens(text_encoder, captions: list[str]) -> list[torch.Tensor]:
     return [e[m.to(torch.bool)] for e, m in zip(emb, mask)]
 
 
+def _describe_dataset(dataset) -> dict:
+    """What a resumed cache must match besides its length: the clips' roots, frames and size."""
+    roots = getattr(dataset, "roots", None)
+    size = getattr(dataset, "size", None)
+    return {"type": type(dataset).__name__,
+            "roots": [str(Path(r).resolve()) for r in roots] if roots else None,
+            "frames": getattr(dataset, "frames", None),
+            "size": list(size) if size is not None else None,
+            "augment": getattr(dataset, "augment", None)}
+
+
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -131,7 +142,7 @@ def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
               "samples_per_shard": samples_per_shard, "encoder": name,
               "rgb_encoder": describe(rgb_encoder, rgb_encoder_name),
               "text_encoder": describe(text_encoder, text_encoder_name),
-              "storage_dtype": storage_dtype}
+              "storage_dtype": storage_dtype, "dataset": _describe_dataset(dataset)}
     manifest = out / _MANIFEST
     if manifest.exists():
         old = json.loads(manifest.read_text()).get("config")
@@ -178,7 +189,8 @@ def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
                         arrays[f"{key}/rgb_latent"] = _to_numpy(rgb_latent[b], storage_dtype)
                     if text is not None:
                         arrays[f"{key}/text"] = _to_numpy(text[b], storage_dtype)
-                    samples.append({"name": key, "index": ids[k], "caption": batch["caption"][b],
+                    index = int(batch["index"][b]) if "index" in batch else ids[k]  # bad clips
+                    samples.append({"name": key, "index": index, "caption": batch["caption"][b],
                                     "source": batch["source"][b],
                                     "latent_shape": list(latent[b].shape)})
                     k += 1

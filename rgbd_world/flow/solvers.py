@@ -154,7 +154,9 @@ def sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, *, method: str
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
     if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.dim() < 1:
-        raise ValueError("noise must be a floating tensor (B, ...)")
+        got = (f"{noise.dtype} tensor of shape {tuple(noise.shape)}"
+               if isinstance(noise, torch.Tensor) else type(noise).__name__)
+        raise ValueError(f"noise must be a floating tensor (B, ...), got a {got}")
     if shift == "auto" and latent_frames is None and noise.dim() == 5:
         latent_frames = noise.shape[2]
     if schedule is None:

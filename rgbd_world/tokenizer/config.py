@@ -8,6 +8,8 @@ Presets (``TokenizerConfig.preset(name, in_channels=3)``):
 * ``"cosmos-cv4x8x8"``: Cosmos-0.1-Tokenizer-CV4x8x8: the same with temporal compression 4; as in
   Cosmos's ``CausalContinuousVideoTokenizer`` the *decoder* then has channel mult (2, 4) (the
   encoder keeps (2, 4, 4)) and the patch size stays 4.
+* ``"small"``: the same structure at half the width (channels 64; ~1/4 of the parameters),
+  level attention at 1/8 of a 128x128 input: one GPU, hours (``configs/small-gpu.toml``).
 * ``"tiny"``: the same structure (patch 4, 8x8x8, three levels, attention in one level and the
   mid blocks) at ~0.5M parameters, for CPU tests and demos.
 
@@ -134,6 +136,7 @@ PRESETS: dict[str, TokenizerConfig] = {
     "cosmos-cv8x8x8": TokenizerConfig(name="cosmos-cv8x8x8"),
     "cosmos-cv4x8x8": TokenizerConfig(name="cosmos-cv4x8x8", temporal_compression=4,
                                       decoder_channels_mult=(2, 4)),
+    "small": TokenizerConfig(name="small", channels=64, attn_resolutions=(16,), resolution=128),
     "tiny": TokenizerConfig(name="tiny", channels=16, channels_mult=(1, 2, 2), num_res_blocks=1,
                             attn_resolutions=(8,), resolution=64),
 }

@@ -4,7 +4,7 @@ Layout of ``<out_dir>/checkpoints/step_000123/``:
   model.safetensors, ema.safetensors   full (unsharded) weights
   optimizer.pt, scheduler.pt           ``torch.load(weights_only=True)``-loadable state
   rng_rank<r>.pt                       every rank's torch / CUDA / numpy / python RNG state
-  trainer.json                         step, counters, the config
+  trainer.json                         step and counters (the config is <out_dir>/config.json)
   COMPLETE                             written last; a directory without it is ignored
 The previous checkpoint stays until the new one is complete; older ones beyond ``keep`` go.
 """

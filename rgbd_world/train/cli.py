@@ -1,4 +1,4 @@
-"""Command line of ``train.py`` (also ``rgbd-world train``)."""
+"""Command line of ``train.py`` (also ``python -m rgbd_world.train``)."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"train.py: {exc}", file=sys.stderr)
         return 3
-    print(json.dumps({"done": summary["step"], "checkpoint": summary["checkpoint"],
-                      "last": summary["last"]}, default=str))
+    if summary.get("rank", 0) == 0:  # one summary line per run, not per process
+        print(json.dumps({"done": summary["step"], "checkpoint": summary["checkpoint"],
+                          "last": summary["last"]}, default=str))
     return 0

@@ -38,6 +38,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Keys whose value must be one of a few names.
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("parallel", "strategy"): ("ddp", "fsdp"),
+    ("parallel", "precision"): ("auto", "bf16", "fp32"),
+}
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit :data:`DEFAULTS`."""
 
@@ -69,6 +76,22 @@ def _merge(base: dict, update: dict, where: str) -> None:
                 raise ConfigError(f"config key '{where}{key}' is a section, got {value!r}")
             _merge(base[key], value, f"{where}{key}.")
         else:
+            default = base[key]
+            ok = (isinstance(value, bool) if isinstance(default, bool)
+                  else isinstance(value, (int, float)) and not isinstance(value, bool)
+                  if isinstance(default, float)
+                  else isinstance(value, int) and not isinstance(value, bool)
+                  if isinstance(default, int)
+                  else isinstance(value, type(default)))
+            if not ok:
+                kind = {"bool": "a bool", "int": "an int", "float": "a number", "str": "a string",
+                        "list": "a list"}.get(type(default).__name__, type(default).__name__)
+                raise ConfigError(f"config key '{where}{key}' takes {kind} (like {default!r}), "
+                                  f"got {value!r}")
+            choices = CHOICES.get(tuple(f"{where}{key}".split(".")))
+            if choices and value not in choices:
+                raise ConfigError(f"config key '{where}{key}' must be one of {choices}, got "
+                                  f"{value!r}")
             base[key] = value
 
 

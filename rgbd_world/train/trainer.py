@@ -208,7 +208,7 @@ def train(stage_name: str, cfg: dict[str, dict[str, Any]], resume: bool = False)
                     checkpoint(step)
         logger.close()
         final = latest_checkpoint(out_dir)
-        return {"step": step, "last": last, "counters": counters,
+        return {"step": step, "last": last, "counters": counters, "rank": info.rank,
                 "checkpoint": os.fspath(final) if final else None}
     finally:
         shutdown()

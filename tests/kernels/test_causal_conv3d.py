@@ -401,6 +401,34 @@ def test_auto_backend_on_cpu_is_reference(monkeypatch):
     assert_parity(y, causal_conv3d_reference(x, w, b, padding=1))
 
 
+def test_backward_runs_on_the_forwards_backend(monkeypatch):
+    """The backend is fixed at forward time: a backward run outside ``use_backend`` (as on
+    autograd's CUDA device threads, where the context variable is unset) still uses it."""
+    from rgbd_kernels._triton import causal_conv3d as tk
+
+    calls = []
+    for name in ("forward", "dgrad", "wgrad"):
+        real = getattr(tk, name)
+        monkeypatch.setattr(tk, name, lambda *a, _real=real, _name=name, **k:
+                            (calls.append(_name), _real(*a, **k))[1])
+    case = Case((3, 3, 3), padding=1, act="silu", T=3, H=4, W=4)
+    x, w, b = (t.requires_grad_(True) for t in case.tensors())
+    with use_backend("triton"):
+        y = causal_conv3d(x, w, b, **case.kwargs())
+    with use_backend("reference"):
+        y.sum().backward()
+    assert calls == ["forward", "dgrad", "wgrad"]
+    want = [t.grad.clone() for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    calls.clear()
+    with use_backend("reference"):
+        causal_conv3d(x, w, b, **case.kwargs()).sum().backward()
+    assert calls == []
+    for got, t in zip(want, (x, w, b)):
+        assert_parity(got, t.grad, rtol=fp32_tol())
+
+
 # ----------------------------------------------------------------------------- op checks
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -419,10 +447,10 @@ def test_opcheck(backend, layout):
         torch.library.opcheck(_causal_conv3d_op, (x, w, None, cache, *conf, "none", False))
         y, pre = _causal_conv3d_op(x, w, b, None, *conf, "silu", True)
         g = torch.randn_like(y)
-        torch.library.opcheck(_dgrad_op, (g, x, w, None, pre, *conf, "silu"))
-        torch.library.opcheck(_dgrad_op, (g, x, w, cache, None, *conf, "none"))
-        torch.library.opcheck(_wgrad_op, (g, x, w, None, pre, *conf, "silu", True))
-        torch.library.opcheck(_wgrad_op, (g, x, w, cache, None, *conf, "none", False))
+        torch.library.opcheck(_dgrad_op, (g, x, w, None, pre, *conf, "silu", backend))
+        torch.library.opcheck(_dgrad_op, (g, x, w, cache, None, *conf, "none", backend))
+        torch.library.opcheck(_wgrad_op, (g, x, w, None, pre, *conf, "silu", True, backend))
+        torch.library.opcheck(_wgrad_op, (g, x, w, cache, None, *conf, "none", False, backend))
 
 
 def test_torch_compile_fullgraph():

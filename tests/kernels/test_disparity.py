@@ -79,7 +79,7 @@ CASES = [  # (shape, per)
 ]
 
 
-@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("backend", ["reference", *FAST])  # reference: its hand-written backward
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_ID.get)
 @pytest.mark.parametrize("shape,per", CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else c)
 def test_normalize_parity_forward_backward(backend, dtype, shape, per):
@@ -99,6 +99,63 @@ def test_normalize_parity_forward_backward(backend, dtype, shape, per):
         torch.autograd.backward(out, grads)
     assert_parity(x.grad, x_ref.grad, dtype=dtype, name="grad")
     assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("per", ["frame", "clip"])
+def test_normalize_signed_values(backend, per):
+    """Mixed-sign values (any affine-invariant quantity) with an explicit mask: exercises the
+    negative-float branch of the radix keys."""
+    d = torch.randn(2, 3, 15, 13) * 3
+    valid = torch.rand(d.shape) > 0.1
+    x_ref, x = d.clone().requires_grad_(True), d.clone().requires_grad_(True)
+    ref = normalize_disparity_reference(x_ref, valid, per)
+    with rk.use_backend(backend):
+        out = rk.normalize_disparity(x, valid, per)
+    for a, b in zip(out, ref):
+        assert_parity(a, b)
+    assert (ref[1] < 0).any() or (ref[1] > 0).any()
+    grads = [torch.randn_like(t) for t in ref]
+    torch.autograd.backward(ref, grads)
+    with rk.use_backend(backend):
+        torch.autograd.backward(out, grads)
+    assert_parity(x.grad, x_ref.grad, name="grad")
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("kind", ["invalid", "constant"])
+def test_degenerate_whole_clip(backend, kind):
+    d = torch.exp(torch.randn(2, 3, 6, 7))
+    valid = torch.ones(d.shape, dtype=torch.bool)
+    if kind == "invalid":
+        valid[1] = False
+    else:
+        d[1] = 2.5
+    x = d.clone().requires_grad_(True)
+    with rk.use_backend(backend):
+        out, shift, scale = rk.normalize_disparity(x, valid, per="clip")
+    ref = normalize_disparity_reference(d, valid, per="clip")
+    for a, b in zip((out, shift, scale), ref):
+        assert_parity(a, b)
+    assert shift[1] == 0 and scale[1] == 1 and (out[1] == 0).all()
+    (out.sum() + shift.sum() + scale.sum()).backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[1] == 0).all()
+
+
+def test_float64_runs_on_the_reference_in_float64():
+    d = torch.exp(torch.randn(2, 3, 9, 8, dtype=torch.float64))
+    valid = torch.rand(d.shape) > 0.2
+    with rk.use_backend("auto"):
+        out = rk.normalize_disparity(d, valid)
+    ref = normalize_disparity_reference(d, valid)
+    assert out[0].dtype == torch.float64
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-12, atol=1e-12)
+    x = d.clone().requires_grad_(True)
+    torch.autograd.gradcheck(lambda t: rk.normalize_disparity(t, valid)[0], (x,), eps=1e-7,
+                             atol=1e-5)
+    for backend in FAST:
+        with rk.use_backend(backend), pytest.raises(rk.BackendUnavailableError, match="float64"):
+            rk.normalize_disparity(d, valid)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -359,10 +416,11 @@ def test_opcheck(backend):
         torch.library.opcheck(_normalize_rows_op, (rows.clone().requires_grad_(True), vrows))
         out, stats = _normalize_rows_op(rows, vrows)
         torch.library.opcheck(_normalize_rows_backward_op,
-                              (torch.randn_like(rows), torch.randn_like(stats), rows, vrows, stats))
+                              (torch.randn_like(rows), torch.randn_like(stats), rows, vrows, stats,
+                               backend))
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
 def test_torch_compile_fullgraph(backend):
     d, valid = random_disparity((2, 3, 10, 9))
 
@@ -371,7 +429,8 @@ def test_torch_compile_fullgraph(backend):
         out, shift, scale = rk.normalize_disparity(disp, v & valid, per="clip")
         return out * 2 + shift[:, None, None, None], scale
 
-    compiled = torch.compile(pipeline, fullgraph=True, backend="eager" if backend == "reference" else "inductor")
+    compiler = {"reference": "eager", "cpp": "inductor", "triton": "aot_eager"}[backend]
+    compiled = torch.compile(pipeline, fullgraph=True, backend=compiler)
     depth = (1.0 / d).requires_grad_(True)
     with rk.use_backend(backend):
         got = compiled(depth, valid)

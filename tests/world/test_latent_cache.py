@@ -146,6 +146,11 @@ def test_latent_shards_are_atomic_and_resume(data, tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         encode_dataset(ds, again, tmp_path, samples_per_shard=3, progress=False,
                        encoder_name="counting")
+    smaller = RGBDVideoDataset(data, frames=9, size=(8, 16), augment=False)  # same length
+    with pytest.raises(ValueError, match="other settings"):
+        encode_dataset(smaller, again, tmp_path, samples_per_shard=2, progress=False,
+                       encoder_name="counting")
+    assert [LatentDataset(tmp_path)[i]["index"] for i in range(5)] == list(range(5))
 
 
 def test_bad_latent_shard_is_skipped_and_empty_cache_raises(data, tmp_path):

@@ -51,6 +51,26 @@ def data_root(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- configs
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.toml")))
+def test_every_config_builds_its_models(name):
+    """Each shipped config names presets that exist: the tokenizer (RGB and RGBD) and the DiT
+    are built on the meta device (no memory, no time)."""
+    import torch
+
+    from rgbd_world.dit import DiT, DiTConfig
+    from rgbd_world.tokenizer import VideoTokenizer
+
+    m = load_config(name)["model"]
+    with torch.device("meta"):
+        for channels in (3, 4):
+            tok = VideoTokenizer(m["preset"], in_channels=channels,
+                                 geometry_channels=m["geometry_channels"] if channels == 4 else 0)
+        dit = DiT(DiTConfig.preset(m["dit_preset"], latent_channels=tok.latent_channels,
+                                   cond_channels=16))
+    assert sum(p.numel() for p in tok.parameters()) > 0
+    assert sum(p.numel() for p in dit.parameters()) > 0
+
+
 def test_config_presets_and_overrides():
     cfg = load_config("tiny-cpu", ["optim.lr=3e-4", "run.steps=7", "parallel.strategy=fsdp",
                                    "optim.betas=[0.8, 0.9]"])
@@ -60,6 +80,13 @@ def test_config_presets_and_overrides():
         assert load_config(name)["model"]["preset"]
     with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
         load_config("tiny-cpu", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="parallel.precision.*one of.*'fp16'"):
+        load_config("tiny-cpu", ["parallel.precision=fp16"])
+    with pytest.raises(ConfigError, match="run.steps' takes an int.*'abc'"):
+        load_config("tiny-cpu", ["run.steps=abc"])
+    with pytest.raises(ConfigError, match="data.flip' takes a bool"):
+        load_config("tiny-cpu", ["data.flip=1"])
+    assert load_config("tiny-cpu", ["optim.lr=1"])["optim"]["lr"] == 1  # ints are numbers
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config("tiny-cpu", ["steps"])
     with pytest.raises(ConfigError, match="not found.*tiny-cpu"):
