@@ -36,7 +36,8 @@ LAYOUTS = ("bshd", "bhsd")
 _INSTALL = {
     "te": "transformer-engine is not installed: pip install 'rgbd-world[fp8]' "
           "(transformer-engine[pytorch]; needs a CUDA build of torch)",
-    "flash": "flash-attn is not installed: pip install flash-attn --no-build-isolation",
+    "flash": "flash-attn is not installed: pip install 'rgbd-world[flash]' --no-build-isolation "
+             "(flash-attn; needs a CUDA build of torch)",
 }
 
 
@@ -65,14 +66,26 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
 
 # ----------------------------------------------------------------------------- availability
 
+_IMPORT_ERRORS: dict[str, str] = {}
+
+
 @functools.lru_cache(maxsize=None)
 def _module(name: str):
     if importlib.util.find_spec(name.split(".")[0]) is None:
         return None
     try:
         return importlib.import_module(name)
-    except Exception:  # a broken install (e.g. CUDA mismatch) counts as missing
+    except Exception as err:  # a broken install (e.g. CUDA mismatch): unusable, and say why
+        _IMPORT_ERRORS[name] = f"{type(err).__name__}: {err}"
         return None
+
+
+def _missing(backend: str) -> str:
+    """Why ``backend`` ("te" / "flash") is unavailable: not installed, or its import error."""
+    name = {"te": "transformer_engine.pytorch", "flash": "flash_attn"}[backend]
+    if name in _IMPORT_ERRORS:
+        return f"{name} is installed but does not import ({_IMPORT_ERRORS[name]})"
+    return _INSTALL[backend]
 
 
 def _te():
@@ -85,7 +98,7 @@ def _flash():
 
 def _te_fp8_unsupported_reason(q: torch.Tensor, causal: bool) -> str | None:
     if _te() is None:
-        return _INSTALL["te"]
+        return _missing("te")
     if q.device.type != "cuda":
         return f"FP8 attention needs a CUDA tensor, got one on {q.device}"
     major, minor = torch.cuda.get_device_capability(q.device)
@@ -117,7 +130,8 @@ def _resolve(backend: str, q: torch.Tensor, causal: bool, fp8: bool) -> str:
             reason = _te_fp8_unsupported_reason(q, causal)
             if reason is None:
                 return "te"
-            fallback = "flash" if (q.device.type == "cuda" and _flash() is not None) else "sdpa"
+            fallback = "flash" if (q.device.type == "cuda" and _flash() is not None
+                                   and q.dtype in (torch.bfloat16, torch.float16)) else "sdpa"
             _warn_once(f"rgbd_kernels.attention: fp8=True falls back to {fallback} without FP8: "
                        f"{reason}")
             return fallback
@@ -125,7 +139,7 @@ def _resolve(backend: str, q: torch.Tensor, causal: bool, fp8: bool) -> str:
                            and q.dtype in (torch.bfloat16, torch.float16)) else "sdpa"
     if backend == "te":
         if _te() is None:
-            raise BackendUnavailableError(f"attention: backend 'te' cannot run: {_INSTALL['te']}")
+            raise BackendUnavailableError(f"attention: backend 'te' cannot run: {_missing('te')}")
         if q.device.type != "cuda":
             raise BackendUnavailableError(f"attention: backend 'te' needs CUDA tensors, got {q.device}")
         if fp8:
@@ -134,7 +148,7 @@ def _resolve(backend: str, q: torch.Tensor, causal: bool, fp8: bool) -> str:
                 raise BackendUnavailableError(f"attention: FP8 through TE cannot run: {reason}")
     if backend == "flash":
         if _flash() is None:
-            raise BackendUnavailableError(f"attention: backend 'flash' cannot run: {_INSTALL['flash']}")
+            raise BackendUnavailableError(f"attention: backend 'flash' cannot run: {_missing('flash')}")
         if q.device.type != "cuda":
             raise BackendUnavailableError(f"attention: backend 'flash' needs CUDA tensors, got {q.device}")
     if fp8 and backend in ("sdpa", "flash", "reference"):
@@ -144,14 +158,14 @@ def _resolve(backend: str, q: torch.Tensor, causal: bool, fp8: bool) -> str:
 
 # ----------------------------------------------------------------------------- TE path
 
+@functools.lru_cache(maxsize=1)
 def te_fp8_recipe():
-    """The DelayedScaling recipe used for FP8 attention (HYBRID format, fp8_dpa=True)."""
+    """The DelayedScaling recipe used for FP8 attention (HYBRID format, fp8_dpa=True: FP8
+    inside the attention kernel, not only the linears). One object for the process."""
     from transformer_engine.common import recipe
 
-    r = recipe.DelayedScaling(fp8_format=recipe.Format.HYBRID, amax_history_len=16,
-                              amax_compute_algo="max")
-    r.fp8_dpa = True  # FP8 inside the attention kernel (not only the linears)
-    return r
+    return recipe.DelayedScaling(fp8_format=recipe.Format.HYBRID, amax_history_len=16,
+                                 amax_compute_algo="max", fp8_dpa=True)
 
 
 def _te_autocast(fp8: bool):

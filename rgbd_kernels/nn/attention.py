@@ -7,7 +7,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..dot_product_attention import ATTENTION_BACKENDS, _INSTALL, _te, _te_autocast, attention
+from ..dot_product_attention import (ATTENTION_BACKENDS, _missing, _te, _te_autocast, _warn_once,
+                                     attention)
 from ..backend import BackendUnavailableError
 
 Rope = Callable[[torch.Tensor], torch.Tensor]
@@ -45,7 +46,9 @@ class Attention(nn.Module):
         if causal and context_dim is not None:
             raise ValueError("causal=True is for self-attention; got a context_dim (cross-attention)")
         if te_linear and _te() is None:
-            raise BackendUnavailableError(f"Attention(te_linear=True): {_INSTALL['te']}")
+            raise BackendUnavailableError(f"Attention(te_linear=True): {_missing('te')}")
+        if fp8 and backend not in ("auto", "te"):
+            raise ValueError(f"fp8=True needs backend 'te' or 'auto', got backend={backend!r}")
         linear = _te().Linear if te_linear else nn.Linear
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.backend, self.fp8, self.te_linear = backend, fp8, te_linear
@@ -82,6 +85,11 @@ class Attention(nn.Module):
             if rope is not None:
                 q, k = rope(q), rope(k)
             if context_mask is not None:
+                if self.fp8 or self.backend in ("te", "flash"):
+                    _warn_once(f"rgbd_kernels.nn.Attention: a context_mask runs the masked "
+                               f"attention on sdpa/reference, not backend={self.backend!r}"
+                               f"{' with FP8' if self.fp8 else ''} (key-padding masks are not "
+                               "wired to TE / flash-attn yet)")
                 out = attention(q, k, v, layout="bshd", key_padding_mask=context_mask,
                                 backend="auto" if self.backend in ("te", "flash") else self.backend)
             else:
