@@ -118,9 +118,10 @@ KERNEL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])  # NDHWC: the native layout
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: c.id)
-def test_triton_parity_fp32(case):
-    check_parity(case)
+def test_triton_parity_fp32(case, layout):
+    check_parity(case, layout=layout)
 
 
 DTYPE_CASE = Case((3, 3, 3), padding=1, act="silu", ci=20, co=9, T=4, H=5, W=6)
@@ -137,6 +138,12 @@ def test_triton_parity_dtypes_layouts(dtype, layout):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_triton_parity_strided_layouts_bf16(layout):
     check_parity(LAYOUT_CASE, torch.bfloat16, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=DT_ID.get)
+def test_triton_parity_half_without_bias_or_activation(dtype):
+    check_parity(Case((1, 3, 3), padding=1, bias=False, ci=18, co=11, T=3, H=5, W=4), dtype,
+                 "channels_last")
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES[:4] + KERNEL_CASES[6:7], ids=lambda c: c.id)

@@ -161,8 +161,15 @@ def test_clip_contents_are_physical():
 
 def _mentioned(caption: str, obj: dict) -> bool:
     nouns = "|".join(SHAPE_NOUNS[obj["shape"]])
-    return re.search(rf"\b{obj['texture']['color']} (?:[a-z]+ ){{0,3}}(?:{nouns})\b",
-                     caption) is not None
+    # anchored at the article, so "a yellow and red striped box" does not name a "red box"
+    return re.search(rf"\b(?:[Aa]n?|[Tt]he) {obj['texture']['color']} (?:[a-z]+ ){{0,3}}"
+                     rf"(?:{nouns})\b", caption) is not None
+
+
+def test_mention_check_is_anchored():
+    red_box = {"shape": "box", "texture": {"color": "red"}}
+    assert _mentioned("a red striped box slides", red_box)
+    assert not _mentioned("a yellow and red striped box slides", red_box)
 
 
 def test_captions_name_every_object_camera_and_motion():
