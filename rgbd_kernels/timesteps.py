@@ -88,12 +88,11 @@ def _resolve_shift(shift: float | str | None, latent_frames: int | None) -> floa
 
 def shift_timesteps(t: torch.Tensor | float, shift: float | str | None = None, *,
                     latent_frames: int | None = None):
-    """``t' = k t / (1 + (k - 1) t)``, elementwise; k = ``shift``, or sqrt(latent_frames) for
-    ``shift="auto"`` (or when only ``latent_frames`` is given). Keeps [0, 1] in [0, 1] and order.
-    Works on tensors (any float dtype, math in at least float32) and Python floats.
+    """``t' = k t / (1 + (k - 1) t)``, elementwise; k = ``shift``, sqrt(latent_frames) for
+    ``shift="auto"``, 1 (identity) for None -- the same rule as :func:`sample_timesteps` and the
+    solvers' schedule. Keeps [0, 1] in [0, 1] and order. Works on tensors (any float dtype, math
+    in at least float32) and Python floats.
     """
-    if shift is None and latent_frames is not None:
-        shift = "auto"
     k = _resolve_shift(shift, latent_frames)
     if isinstance(t, torch.Tensor):
         if not t.is_floating_point():
@@ -106,8 +105,6 @@ def shift_timesteps(t: torch.Tensor | float, shift: float | str | None = None, *
 def unshift_timesteps(t: torch.Tensor | float, shift: float | str | None = None, *,
                       latent_frames: int | None = None):
     """Inverse of :func:`shift_timesteps`: ``t = t' / (k - (k - 1) t')``."""
-    if shift is None and latent_frames is not None:
-        shift = "auto"
     k = _resolve_shift(shift, latent_frames)
     if isinstance(t, torch.Tensor):
         x = t.to(torch.promote_types(t.dtype, torch.float32))

@@ -104,7 +104,13 @@ def test_shift_is_monotone_in_unit_interval_and_invertible(k):
 def test_shift_from_latent_frames():
     assert shift_for_frames(16) == 4.0
     t = torch.rand(100)
-    torch.testing.assert_close(shift_timesteps(t, latent_frames=9), shift_timesteps(t, 3.0))
+    torch.testing.assert_close(shift_timesteps(t, "auto", latent_frames=9), shift_timesteps(t, 3.0))
+    # one rule everywhere: shift=None is no shift, whatever latent_frames says
+    assert torch.equal(shift_timesteps(t, latent_frames=9), t)
+    g = torch.Generator().manual_seed(3)
+    plain = sample_timesteps(8, generator=g)
+    assert torch.equal(sample_timesteps(8, latent_frames=9,
+                                        generator=torch.Generator().manual_seed(3)), plain)
     torch.testing.assert_close(shift_timesteps(t, "auto", latent_frames=4), shift_timesteps(t, 2.0))
     torch.testing.assert_close(shift_timesteps(t.half(), 2.0).float(),
                                shift_timesteps(t.half().float(), 2.0), rtol=1e-3, atol=1e-3)
