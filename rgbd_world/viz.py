@@ -64,16 +64,37 @@ def side_by_side(*videos: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=2)
 
 
+def gif_bytes(frames: torch.Tensor, fps: int = 8) -> bytes:
+    """(T, H, W, 3) uint8 frames -> an animated GIF, in memory."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames.cpu().numpy().astype(np.uint8)]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
+                   duration=int(1000 / fps), loop=0)
+    return buf.getvalue()
+
+
+def add_tensorboard_video(writer, tag: str, frames: torch.Tensor, step: int, fps: int = 8) -> None:
+    """Log (T, H, W, 3) uint8 frames to a ``SummaryWriter`` as an animated GIF (what
+    ``add_video`` writes, without needing moviepy); TensorBoard plays it in its Images tab."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    t, h, w, c = frames.shape
+    image = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=gif_bytes(frames, fps))
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]),
+                                          step)
+
+
 def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: int = 8) -> Path:
     """Write (T, H, W, 3) uint8 frames as .gif (Pillow) or .mp4 (imageio's ffmpeg plugin)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = frames.cpu().numpy().astype(np.uint8)
     if path.suffix.lower() == ".gif":
-        from PIL import Image
-
-        images = [Image.fromarray(f) for f in arr]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        path.write_bytes(gif_bytes(frames, fps))
         return path
     import imageio.v3 as iio
 

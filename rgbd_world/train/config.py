@@ -27,14 +27,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 2, "num_workers": 0, "flip": True,
     },
     "model": {"preset": "tiny", "geometry_channels": 0, "teacher": "", "dit_preset": "tiny",
-              "text_encoder": "byte", "tokenizer": "", "rgb_tokenizer": ""},
+              "text_encoder": "byte", "tokenizer": "", "rgb_tokenizer": "",
+              "perceptual_net": ""},
     "optim": {
         "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.01, "warmup_steps": 50,
         "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.999,
     },
     "parallel": {"strategy": "ddp", "precision": "auto", "compile": False,
                  "activation_checkpointing": False, "fp8": False},
-    "loss": {"rgb_l1": 1.0, "disparity_l1": 1.0, "gradient_matching": 0.5, "distill": 0.1},
+    "loss": {"rgb_l1": 1.0, "disparity_l1": 1.0, "gradient_matching": 0.5, "distill": 0.1,
+             "perceptual": 0.0},
 }
 
 

@@ -201,8 +201,10 @@ def train(stage_name: str, cfg: dict[str, dict[str, Any]], resume: bool = False)
                     f"{consecutive} consecutive non-finite losses at step {step}: stopping. The "
                     f"last good weights are in {path}; lower optim.lr or check the data.")
             _faults.maybe_crash("step", step)
-            if run["sample_every"] and step % run["sample_every"] == 0 and info.is_main:
-                stage.log_samples(model, batch, logger.writer, step, out_dir)
+            if run["sample_every"] and step % run["sample_every"] == 0 and (
+                    info.is_main or par["strategy"] == "fsdp"):  # FSDP: all ranks gather shards
+                stage.log_samples(model, batch, logger.writer if info.is_main else None, step,
+                                  out_dir)
             if step % run["ckpt_every"] == 0 or step == run["steps"]:
                 with nvtx_range("train.checkpoint"):
                     checkpoint(step)

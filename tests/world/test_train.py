@@ -169,20 +169,54 @@ def test_stage1_lowers_reconstruction_losses_and_evaluates(tmp_path, data_root):
 
 @pytest.fixture(scope="module")
 def tokenizer_runs(tmp_path_factory, data_root):
-    """(RGB tokenizer run, RGBD tokenizer run distilled from it), 20 steps each."""
+    """(RGB tokenizer run, RGBD tokenizer run distilled from it), 20 steps each; the RGBD run
+    also has a perceptual loss (a local TorchScript network) and writes samples at step 20."""
+    import torch
+
     base = tmp_path_factory.mktemp("tokenizers")
+    net = base / "features.pt"
+    torch.manual_seed(0)
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())).save(str(net))
     rgb, rgbd = base / "rgb", base / "rgbd"
     for out, stage, extra in ((rgb, "tokenizer-rgb", []),
-                              (rgbd, "tokenizer", [f"model.teacher={rgb}"])):
+                              (rgbd, "tokenizer", [f"model.teacher={rgb}", "loss.perceptual=0.1",
+                                                   f"model.perceptual_net={net}",
+                                                   "run.sample_every=20"])):
         r = run_train(out, "run.steps=20", "run.ckpt_every=20", *extra, stage=stage, data_root=data_root)
         assert r.returncode == 0, r.stderr[-3000:]
     return rgb, rgbd
 
 
+def test_tokenizer_run_logs_perceptual_throughput_and_samples(tokenizer_runs):
+    _, rgbd = tokenizer_runs
+    records = [json.loads(l) for l in (rgbd / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["perceptual"] > 0 for r in records)
+    # latent tokens per step: batch 2 x (1 + 8/8) x (32/8)^2 = 64 per step
+    assert all(r["tokens_per_s"] > 0 for r in records)
+    assert (rgbd / "samples" / "recon_step0000020.gif").stat().st_size > 0
+    assert list((rgbd / "tensorboard").glob("events.*"))
+
+
+def test_forward_flops_counts_convolutions_and_linears():
+    import torch
+
+    from rgbd_kernels.nn import CausalConv3d
+    from rgbd_world.train.flops import forward_flops
+
+    model = torch.nn.Sequential(CausalConv3d(3, 5, (3, 3, 3), padding=1), torch.nn.Flatten(2),
+                                torch.nn.Linear(4 * 6 * 6, 7))
+    x = torch.randn(2, 3, 4, 6, 6)
+    conv = 2 * (2 * 5 * 4 * 6 * 6) * (3 * 27)
+    linear = 2 * (2 * 5 * 7) * (4 * 6 * 6)
+    assert forward_flops(model, x) == conv + linear
+    assert model.training  # the mode is restored
+
+
 def test_stage2_dit_run_lowers_flow_loss(tmp_path, data_root, tokenizer_runs):
     rgb, rgbd = tokenizer_runs
     dit = tmp_path / "dit"
-    r = run_train(dit, "run.steps=150", "run.ckpt_every=150", f"model.tokenizer={rgbd}",
+    r = run_train(dit, "run.steps=150", "run.ckpt_every=150", "run.sample_every=150",
+                  f"model.tokenizer={rgbd}",
                   "optim.lr=1e-3", "optim.warmup_steps=10", stage="dit", data_root=data_root)
     assert r.returncode == 0, r.stderr[-3000:]
     loss = [json.loads(l)["flow_mse"] for l in (dit / "metrics.jsonl").read_text().splitlines()]
@@ -191,6 +225,8 @@ def test_stage2_dit_run_lowers_flow_loss(tmp_path, data_root, tokenizer_runs):
 
     out = RGBDPipeline.from_training_runs(rgbd, dit)(prompt="a box", steps=2, progress=False)
     assert out.rgb.shape == (9, 32, 32, 3) and torch_finite(out.disparity)
+    sample = dit / "samples" / "sample_step0000150.gif"
+    assert sample.stat().st_size > 0 and sample.with_suffix(".txt").read_text().strip()
 
 
 def torch_finite(t):

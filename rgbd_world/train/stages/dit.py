@@ -11,6 +11,7 @@ global torch RNG, which checkpoints save, so resumed runs continue the same draw
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -143,6 +144,38 @@ class DiTStage(Stage):
         text_len = max(1, max(len(c.encode("utf-8")) for c in batch["caption"]))
         self._flops = self.model.dit.flops_per_step(b, t_lat, z.shape[3], z.shape[4], text_len)
         return loss, {"flow_mse": loss.detach()}
+
+    def log_samples(self, model, batch, writer, step: int, out_dir: Path) -> None:
+        """Generate one video from the batch's first caption (text mode, 10 Heun steps) with
+        the live weights and write it (RGB beside colorized disparity) to ``samples/`` and
+        TensorBoard. Under FSDP every rank runs it (the forward gathers shards); rank 0 writes."""
+        from rgbd_world.pipeline import RGBDPipeline
+        from rgbd_world.viz import add_tensorboard_video, rgbd_strip, write_video
+
+        d = self.cfg["data"]
+        frames = getattr(self, "_clip_frames", None) or d["frames"]
+        if "latent" in batch:
+            sc = self.tokenizer.spatial_compression
+            height, width = batch["latent"].shape[3] * sc, batch["latent"].shape[4] * sc
+        else:
+            height, width = batch["rgb"].shape[3:]
+        caption = batch["caption"][0]
+        was_training = model.training
+        try:
+            pipe = RGBDPipeline(self.tokenizer, self.rgb_tokenizer, model,
+                                self.cfg["model"]["text_encoder"], device=self.info.device)
+            out = pipe(prompt=caption, num_frames=frames, height=height, width=width, steps=10,
+                       seed=step, progress=False)
+        finally:
+            model.train(was_training)
+        if not self.info.is_main:
+            return
+        video = rgbd_strip(out.rgb.permute(3, 0, 1, 2), out.disparity, value_range=(0.0, 1.0))
+        path = write_video(video, out_dir / "samples" / f"sample_step{step:07d}.gif")
+        path.with_suffix(".txt").write_text(caption + "\n")
+        if writer is not None:
+            add_tensorboard_video(writer, "sample (RGB | disparity)", video, step)
+            writer.add_text("sample prompt", caption, step)
 
     def tokens_per_step(self) -> int | None:
         return getattr(self, "_tokens", None)

@@ -67,14 +67,27 @@ class _TokenizerStageBase(Stage):
     def _input(self, batch) -> torch.Tensor:
         raise NotImplementedError
 
+    def _loss(self, weights: LossWeights) -> TokenizerLoss:
+        """The losses, with the perceptual term when ``loss.perceptual`` > 0: it needs
+        ``model.perceptual_net``, a local TorchScript feature network (nothing is downloaded)."""
+        net = self.cfg["model"]["perceptual_net"] or None
+        if weights.perceptual > 0 and net is None:
+            raise ValueError(f"loss.perceptual={weights.perceptual} needs model.perceptual_net: "
+                             "the path of a local TorchScript feature network "
+                             "((N, 3, H, W) in [-1, 1] -> features); nothing is downloaded")
+        return TokenizerLoss(weights, perceptual=net if weights.perceptual > 0 else None).to(
+            self.info.device)
+
     def log_samples(self, model, batch, writer, step: int, out_dir: Path) -> None:
-        from rgbd_world.viz import rgbd_strip, side_by_side, write_video
+        from rgbd_world.viz import add_tensorboard_video, rgbd_strip, side_by_side, write_video
 
         model.eval()
         with torch.no_grad():
             x = self._input(batch)[:1]
             recon = model(x).reconstruction
         model.train()
+        if not self.info.is_main:  # FSDP: every rank ran the forward; rank 0 writes
+            return
         if x.shape[1] >= 4:
             valid = batch["valid"][0, 0]
             left = rgbd_strip(x[0, :3], x[0, 3], valid)
@@ -86,7 +99,25 @@ class _TokenizerStageBase(Stage):
         frames = side_by_side(left, right)
         write_video(frames, out_dir / "samples" / f"recon_step{step:07d}.gif")
         if writer is not None:
-            writer.add_images("reconstruction (input | output)", frames.permute(0, 3, 1, 2), step)
+            add_tensorboard_video(writer, "reconstruction (input | output)", frames, step)
+
+    def tokens_per_step(self) -> int | None:
+        return getattr(self, "_tokens", None)
+
+    def flops_per_step(self) -> int | None:
+        return getattr(self, "_flops", None)
+
+    def _count(self, x: torch.Tensor) -> None:
+        """Latent tokens of this batch, and training FLOPs (3x the forward's, counted once per
+        input shape; see :func:`rgbd_world.train.flops.forward_flops`)."""
+        from ..flops import forward_flops
+
+        c, t, h, w = self.model.latent_shape(x.shape[2], x.shape[3], x.shape[4])
+        self._tokens = x.shape[0] * t * h * w
+        cache = self.__dict__.setdefault("_flops_by_shape", {})
+        if tuple(x.shape) not in cache:
+            cache[tuple(x.shape)] = 3 * forward_flops(self.model, x)
+        self._flops = cache[tuple(x.shape)]
 
 
 class RGBTokenizerStage(_TokenizerStageBase):
@@ -97,8 +128,8 @@ class RGBTokenizerStage(_TokenizerStageBase):
     def build_model(self) -> nn.Module:
         self.model = VideoTokenizer(self.cfg["model"]["preset"], in_channels=3)
         w = self.cfg["loss"]
-        self.loss_fn = TokenizerLoss(LossWeights(rgb=w["rgb_l1"], disparity=0.0, gradient=0.0,
-                                                 distill=0.0))
+        self.loss_fn = self._loss(LossWeights(rgb=w["rgb_l1"], disparity=0.0, gradient=0.0,
+                                              distill=0.0, perceptual=w["perceptual"]))
         return self.model
 
     def _input(self, batch):
@@ -106,6 +137,7 @@ class RGBTokenizerStage(_TokenizerStageBase):
 
     def compute_loss(self, model, batch):
         x = batch["rgb"]
+        self._count(x)
         out = model(x)
         terms = self.loss_fn(out.reconstruction, x)
         total = terms.pop("total")
@@ -136,8 +168,9 @@ class TokenizerStage(_TokenizerStageBase):
             self.model = VideoTokenizer(m["preset"], in_channels=4,
                                         geometry_channels=m["geometry_channels"])
             self.teacher, distill = None, 0.0
-        self.loss_fn = TokenizerLoss(LossWeights(rgb=w["rgb_l1"], disparity=w["disparity_l1"],
-                                                 gradient=w["gradient_matching"], distill=distill))
+        self.loss_fn = self._loss(LossWeights(rgb=w["rgb_l1"], disparity=w["disparity_l1"],
+                                              gradient=w["gradient_matching"], distill=distill,
+                                              perceptual=w["perceptual"]))
         return self.model
 
     def _input(self, batch):
@@ -145,6 +178,7 @@ class TokenizerStage(_TokenizerStageBase):
 
     def compute_loss(self, model, batch):
         x = self._input(batch)
+        self._count(x)
         out = model(x)
         teacher_latent = None
         if self.teacher is not None:
