@@ -4,7 +4,10 @@ Tiny preset, RGB, 121 frames at 256x256 (B=1, fp32, no grad), encode + decode:
 
 * whole: ``decode(encode(x))``;
 * streaming: ``decode_stream(encode_stream(x, chunk_frames), chunk_latents)`` (the
-  reconstruction is written chunk by chunk into one output tensor).
+  reconstruction is written chunk by chunk into one output tensor);
+* chunks in, chunks out (:func:`test_tokenizer_streaming_chunks_in_chunks_out`):
+  ``iter_decode(iter_encode(chunks))``, each reconstructed chunk consumed before the next, at
+  41 and 121 frames: the long-video use, where nothing holds the whole video.
 
 Time: pytest-benchmark times the streaming path (1 round: each pass takes seconds on CPU);
 the whole-video path is timed once in the same run (``reference_seconds``).
@@ -89,3 +92,50 @@ def test_tokenizer_streaming_vs_whole(benchmark, chunk_frames):
           f"both); streaming working memory (peak - its output buffer) "
           f"{(peak_stream - out_bytes) / 2**20:.0f} MiB = {(peak_stream - out_bytes) / peak_whole:.3f}"
           f" of the whole peak; rel err {err:.1e}")
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU benchmark of the tiny preset")
+def test_tokenizer_streaming_chunks_in_chunks_out(benchmark):
+    """Long-video use: frames arrive in chunks (a reader) and each reconstructed chunk is consumed
+    (written out) before the next, via ``iter_decode(iter_encode(chunks))``; nothing holds the
+    whole video. Peak live bytes at 41 and 121 frames (does it grow with the frame count?) and
+    against the whole-video call at 121 frames, measured in this run."""
+    torch.manual_seed(0)
+    model = VideoTokenizer("tiny").eval()
+    tc = model.temporal_compression
+    x = torch.rand(1, 3, FRAMES, SIZE, SIZE) * 2 - 1
+
+    def chunks(frames):  # views of the input (allocated before the call, as a reader's buffer)
+        video = x[:, :, :frames]
+        return [video[:, :, :1 + tc]] + [video[:, :, s:s + tc] for s in range(1 + tc, frames, tc)]
+
+    def pipeline(frames, reference=None):
+        err_sq = ref_sq = 0.0
+        t = 0
+        with torch.no_grad():
+            for y in model.iter_decode(model.iter_encode(chunks(frames))):  # one chunk at a time
+                if reference is not None:
+                    err_sq += (y - reference[:, :, t:t + y.shape[2]]).pow(2).sum().item()
+                    ref_sq += reference[:, :, t:t + y.shape[2]].pow(2).sum().item()
+                t += y.shape[2]
+        assert t == frames
+        return (err_sq / ref_sq) ** 0.5 if reference is not None else None
+
+    def whole():
+        with torch.no_grad():
+            return model.decode(model.encode(x))
+
+    peak_whole, y_whole = peak_allocated_bytes(whole)
+    peak_41, _ = peak_allocated_bytes(lambda: pipeline(41))
+    peak_121, err = peak_allocated_bytes(lambda: pipeline(FRAMES, y_whole))
+    assert err <= 1e-5, err
+    seconds = run_benchmark(benchmark, lambda: pipeline(FRAMES), rounds=1)
+    record(benchmark, seconds=seconds, frames=FRAMES, size=SIZE, chunk_frames=tc,
+           peak_MB_whole=peak_whole / 2**20, peak_MB_chunked_41_frames=peak_41 / 2**20,
+           peak_MB_chunked_121_frames=peak_121 / 2**20,
+           peak_ratio_chunked_over_whole=peak_121 / peak_whole,
+           peak_growth_121_over_41_frames=peak_121 / peak_41, stream_vs_whole_rel_err=err,
+           goal_peak_ratio_le_0_25=peak_121 <= 0.25 * peak_whole)
+    print(f"\nchunks in, chunks out: peak {peak_41 / 2**20:.1f} MiB at 41 frames, "
+          f"{peak_121 / 2**20:.1f} MiB at {FRAMES} (x{peak_121 / peak_41:.3f}); whole video "
+          f"{peak_whole / 2**20:.0f} MiB: ratio {peak_121 / peak_whole:.3f}; rel err {err:.1e}")
