@@ -32,3 +32,9 @@ TORCH_LIBRARY_IMPL(rgbd_C, CPU, m) {
   m.impl("normalize_disparity", &rgbd::normalize_disparity_cpu);
   m.impl("normalize_disparity_backward", &rgbd::normalize_disparity_backward_cpu);
 }
+
+#ifdef RGBD_WITH_CUDA
+TORCH_LIBRARY_IMPL(rgbd_C, CUDA, m) {
+  m.impl("depth_to_disparity", &rgbd::depth_to_disparity_cuda);
+}
+#endif

@@ -25,4 +25,11 @@ void normalize_disparity_backward_cpu(const at::Tensor& grad_out, const at::Tens
                                       const at::Tensor& values, const at::Tensor& valid,
                                       const at::Tensor& stats, at::Tensor& grad_values);
 
+#ifdef RGBD_WITH_CUDA
+// CUDA version of depth_to_disparity_cpu (csrc/cuda/disparity_cuda.cu), same contract; runs on
+// the current stream of depth's device.
+void depth_to_disparity_cuda(const at::Tensor& depth, double min_depth, double max_depth,
+                             at::Tensor& disparity, at::Tensor& valid);
+#endif
+
 }  // namespace rgbd

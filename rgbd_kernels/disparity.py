@@ -75,13 +75,15 @@ def depth_to_disparity_reference(depth: torch.Tensor, min_depth: float = 0.0,
 @torch.library.custom_op("rgbd::depth_to_disparity", mutates_args=())
 def _depth_to_disparity_op(depth: torch.Tensor, min_depth: float,
                            max_depth: float) -> tuple[torch.Tensor, torch.Tensor]:
-    backend = select_backend("depth_to_disparity", depth.device, ("cpp", "triton"))
+    # "auto" on GPUs keeps Triton ahead of the CUDA kernel until a GPU benchmark ranks them.
+    backend = select_backend("depth_to_disparity", depth.device, ("cpp", "cuda", "triton"),
+                             auto_order={"cpu": ("cpp",), "cuda": ("triton", "cuda")})
     if backend == "reference":
         return depth_to_disparity_reference(depth, min_depth, max_depth)
     flat = depth.contiguous().view(-1)
     disparity = _buffers.empty_like(flat)
     valid = _buffers.empty_like(flat, dtype=torch.bool)
-    if backend == "cpp":
+    if backend in ("cpp", "cuda"):  # the dispatcher picks csrc/ (CPU) or csrc/cuda/ (CUDA)
         torch.ops.rgbd_C.depth_to_disparity(flat, min_depth, max_depth, disparity, valid)
     else:
         from ._triton import disparity as tk

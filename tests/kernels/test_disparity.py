@@ -498,6 +498,23 @@ def test_gpu_triton_parity(dtype, per):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_ID.get)
+def test_gpu_depth_to_disparity_parity(backend, dtype):
+    from rgbd_kernels import _extension
+
+    if backend == "cuda" and not _extension.CUDA_EXT_AVAILABLE:
+        pytest.skip(f"CUDA ops not built: {_extension.CUDA_EXT_ERROR}")
+    depth = (torch.rand(4, 9, 301, 257) * 8 - 0.5).to(dtype).cuda()
+    depth[0, 0, 0, :5] = torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0]).to(dtype)
+    ref_d, ref_v = depth_to_disparity_reference(depth, 0.25, 6.0)
+    with rk.use_backend(backend):
+        disp, valid = rk.depth_to_disparity(depth, 0.25, 6.0)
+    assert_parity(valid, ref_v, name="valid")
+    assert_parity(disp, ref_d, name="disparity")
+
+
+@pytest.mark.gpu
 def test_gpu_triton_bit_identical_over_repeats():
     d, valid = random_disparity((8, 4, 256, 256))
     d, valid = d.cuda(), valid.cuda()
