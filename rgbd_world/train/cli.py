@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import ConfigError, load_config
@@ -34,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"train.py: {exc}", file=sys.stderr)
         return 3
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        # set up wrong (a missing run directory, a mismatched cache, ...): the message says what
+        # to change; RGBD_TRAIN_TRACEBACK=1 shows where it was raised
+        if os.environ.get("RGBD_TRAIN_TRACEBACK", "0") not in ("", "0"):
+            raise
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
     if summary.get("rank", 0) == 0:  # one summary line per run, not per process
         print(json.dumps({"done": summary["step"], "checkpoint": summary["checkpoint"],
                           "last": summary["last"]}, default=str))

@@ -108,6 +108,9 @@ def train(stage_name: str, cfg: dict[str, dict[str, Any]], resume: bool = False)
     try:
         _seed_everything(run["seed"])  # the same initial weights on every rank (FSDP2 shards them)
         stage = build_stage(stage_name, cfg, info)
+        if par["fp8"] and not stage.supports_fp8:
+            raise ValueError(f"parallel.fp8=true: stage {stage_name!r} has no FP8 path (FP8 is "
+                             "for the DiT's attention, stage 'dit'); drop the override")
         model = stage.build_model().to(info.device)
         blocks = stage.blocks(model)
         if par["activation_checkpointing"]:

@@ -71,6 +71,14 @@ def test_every_config_builds_its_models(name):
     assert sum(p.numel() for p in dit.parameters()) > 0
 
 
+def test_setup_errors_exit_2_with_the_message(tmp_path, data_root):
+    r = run_train(tmp_path / "fp8", "parallel.fp8=true", data_root=data_root)
+    assert r.returncode == 2 and "has no FP8 path" in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr[-2000:]
+    r = run_train(tmp_path / "dit", stage="dit", data_root=data_root)
+    assert r.returncode == 2 and "needs model.tokenizer" in r.stderr, r.stderr[-2000:]
+
+
 def test_config_presets_and_overrides():
     cfg = load_config("tiny-cpu", ["optim.lr=3e-4", "run.steps=7", "parallel.strategy=fsdp",
                                    "optim.betas=[0.8, 0.9]"])

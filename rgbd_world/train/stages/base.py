@@ -15,6 +15,7 @@ class Stage:
     """Base class. A stage builds the trainable model and the dataset and computes the loss."""
 
     name = "stage"
+    supports_fp8 = False  # whether parallel.fp8 means anything for this stage's model
 
     def __init__(self, cfg: dict[str, dict[str, Any]], info: DistInfo):
         self.cfg, self.info = cfg, info

@@ -28,6 +28,7 @@ COND_DROPOUT = 0.1
 
 class DiTStage(Stage):
     name = "dit"
+    supports_fp8 = True  # attention (and TE linears) of the DiT blocks
 
     def build_model(self) -> nn.Module:
         from rgbd_world.dit import DiT, DiTConfig, build_text_encoder
