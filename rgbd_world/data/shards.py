@@ -165,10 +165,12 @@ def generate_dataset(out_dir: str | os.PathLike, num_clips: int, frames: int = 1
         raise ValueError(f"workers must be >= 0, got {workers}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from .synthetic import SCENE_VERSION
+
     config = {"format": SHARD_FORMAT, "version": 1, "num_clips": int(num_clips),
               "frames": int(frames), "height": int(height), "width": int(width),
               "seed": int(seed), "clips_per_shard": int(clips_per_shard),
-              "num_objects": num_objects}
+              "num_objects": num_objects, "scene_version": SCENE_VERSION}
     manifest = out / _MANIFEST
     if manifest.exists():
         old = json.loads(manifest.read_text())

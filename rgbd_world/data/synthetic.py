@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["PALETTE", "SHAPES", "TEXTURES", "CAMERA_MOTIONS", "SyntheticClip", "sample_scene",
+__all__ = ["SCENE_VERSION", "PALETTE", "SHAPES", "TEXTURES", "CAMERA_MOTIONS", "SyntheticClip", "sample_scene",
            "scene_trajectories", "intrinsics", "render", "make_clip"]
 
 PALETTE: dict[str, tuple[float, float, float]] = {
@@ -43,6 +43,10 @@ SURFACE_PALETTE: dict[str, tuple[float, float, float]] = {
     "slate": (0.36, 0.40, 0.46), "cream": (0.93, 0.90, 0.80), "olive": (0.45, 0.47, 0.25),
     "lavender": (0.70, 0.66, 0.85), "charcoal": (0.22, 0.22, 0.24),
 }
+# Version of the scene sampler: a seed gives the same scene only within one version.
+# 2: an object's second texture colour is one no object in the scene has, so every colour word
+#    of a caption names one object.
+SCENE_VERSION = 2
 SHAPES = ("sphere", "box", "cylinder")
 TEXTURES = ("solid", "checker", "stripes", "noise")
 CAMERA_MOTIONS = ("static", "pan", "tilt", "orbit", "dolly")
@@ -146,10 +150,11 @@ def sample_scene(seed: int, frames: int = 17, num_objects: int | None = None) ->
                 "texture": _texture(rng, wall_color, surfaces, (0.4, 1.0),
                                     weights=[0.4, 0.2, 0.25, 0.15])}
     sky = {"top": [0.35, 0.55, 0.9], "bottom": [0.8, 0.87, 0.95]}
-    scene = {"version": 1, "seed": int(seed), "frames": int(frames), "camera": camera,
+    scene = {"version": SCENE_VERSION, "seed": int(seed), "frames": int(frames), "camera": camera,
              "light": light, "ground": ground, "wall": wall, "sky": sky, "objects": []}
 
     colors = [str(c) for c in rng.permutation(list(PALETTE))]
+    unused = colors[n_obj:]  # second texture colours: never another object's colour
     cam_path = _camera_path(camera, frames)[:, :3, 3]
     wall_y = wall["y"] if wall else 1e9
     for i in range(n_obj):
@@ -162,7 +167,7 @@ def sample_scene(seed: int, frames: int = 17, num_objects: int | None = None) ->
             r = rng.uniform(0.15, 0.4)
             size = [r, r, rng.uniform(0.25, 0.7)]
         obj = {"shape": shape, "size": [float(s) for s in size],
-               "texture": _texture(rng, colors[i], list(PALETTE), (0.12, 0.35)),
+               "texture": _texture(rng, colors[i], unused or list(PALETTE), (0.12, 0.35)),
                "yaw": float(rng.uniform(0, 2 * math.pi))}
         for attempt in range(40):
             kind = "static" if attempt >= 30 else str(rng.choice(

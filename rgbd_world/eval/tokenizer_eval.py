@@ -59,7 +59,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
 
     ``data``: a dataset directory; default: ``num_clips`` procedural clips rendered with a seed
     the training data never used, at the run's frames and size, under
-    ``<run>/eval-data-<clips>x<frames>x<height>x<width>`` (kept for reruns).
+    ``<run>/eval-data-v<scene version>-<clips>x<frames>x<height>x<width>`` (kept for reruns).
     """
     from rgbd_world.data import RGBDVideoDataset, generate_dataset
     from rgbd_world.tokenizer.checkpoint import load_tokenizer
@@ -69,7 +69,10 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     model = load_tokenizer(run, ema=ema, device=device)
     d = cfg["data"]
     if data is None:
-        data = run / f"eval-data-{num_clips}x{d['frames']}x{d['height']}x{d['width']}"
+        from rgbd_world.data.synthetic import SCENE_VERSION
+
+        data = run / (f"eval-data-v{SCENE_VERSION}-{num_clips}x{d['frames']}x{d['height']}x"
+                      f"{d['width']}")
         generate_dataset(data, num_clips, frames=d["frames"], height=d["height"], width=d["width"],
                          seed=cfg["run"]["seed"] + 100_003, progress=False)
     dataset = RGBDVideoDataset(data, frames=d["frames"], size=(d["height"], d["width"]),

@@ -182,6 +182,8 @@ def test_captions_name_every_object_camera_and_motion():
         assert caption == caption_scene(scene)
         colours = [o["texture"]["color"] for o in scene["objects"]]
         assert len(set(colours)) == len(colours) and set(colours) <= set(PALETTE)
+        seconds = {o["texture"]["color2"] for o in scene["objects"]}
+        assert not seconds & set(colours), (colours, seconds)  # one object per colour word
         for obj in scene["objects"]:
             assert _mentioned(caption, obj), (caption, obj["shape"], obj["texture"]["color"])
         motion = scene["camera"]["motion"]
