@@ -1,6 +1,8 @@
 // C++ CPU kernels for depth -> disparity and affine-invariant disparity normalization.
-// Selection-based median (std::nth_element, O(N) per group), groups threaded with
-// at::parallel_for, float32 math and double accumulators for every input dtype.
+// Median by selection, float32 math and double accumulators for every input dtype. Many groups:
+// one thread per group, std::nth_element (O(N)). Fewer large groups than threads (one clip with
+// per="clip", as a data loader calls it): every thread works on each group, the median by a
+// two-pass radix select (16-bit histograms per thread over order-preserving float keys).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -8,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "ops.h"
@@ -23,6 +26,120 @@ void check_rows(const at::Tensor& t, const char* name) {
 }
 
 inline float sign_of(float x) { return static_cast<float>((x > 0.f) - (x < 0.f)); }
+
+// Order-preserving float <-> uint32 keys (negatives flipped, positives offset by the sign bit).
+inline uint32_t float_key(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline float key_float(uint32_t k) {
+  const uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+  float v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+
+constexpr int64_t kThreadedGroupMin = int64_t{1} << 17;  // below this, one thread per group
+constexpr int kBins = 1 << 16;
+
+// The bin holding 0-based rank r of a histogram, and r's rank inside that bin.
+inline void find_rank(const std::vector<int64_t>& hist, int64_t r, int64_t& bin, int64_t& inside) {
+  int64_t before = 0;
+  for (int64_t b = 0; b < kBins; ++b) {
+    if (r < before + hist[b]) {
+      bin = b;
+      inside = r - before;
+      return;
+    }
+    before += hist[b];
+  }
+  TORCH_CHECK(false, "normalize_disparity_cpu: rank ", r, " past the histogram (internal error)");
+}
+
+// Normalize one group (row of n values) using every thread; writes y and st like the
+// per-group loop below.
+template <typename scalar_t>
+void normalize_group_threaded(const scalar_t* xg, const bool* vg, scalar_t* yg, float* st,
+                              int64_t n) {
+  const int threads = at::get_num_threads();
+  const int64_t grain = std::max<int64_t>(n / threads, 1 << 12);
+  auto value_at = [&](int64_t i, float& v) {
+    v = static_cast<float>(xg[i]);
+    return vg[i] && std::isfinite(v);
+  };
+  // pass 1: histogram of the top 16 key bits, per thread, then summed
+  std::vector<uint32_t> local(static_cast<size_t>(threads) * kBins, 0);
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    uint32_t* h = local.data() + static_cast<size_t>(at::get_thread_num()) * kBins;
+    float v;
+    for (int64_t i = b; i < e; ++i)
+      if (value_at(i, v)) ++h[float_key(v) >> 16];
+  });
+  std::vector<int64_t> top(kBins, 0);
+  int64_t count = 0;
+  for (int t = 0; t < threads; ++t)
+    for (int b = 0; b < kBins; ++b) top[b] += local[static_cast<size_t>(t) * kBins + b];
+  for (int b = 0; b < kBins; ++b) count += top[b];
+  float lo = 0.f, hi = 0.f, shift = 0.f, scale = 0.f;
+  if (count > 0) {
+    // ranks of the two middle order statistics (equal for odd counts)
+    const int64_t r_hi = count / 2, r_lo = (count % 2 == 1) ? r_hi : r_hi - 1;
+    int64_t bin_hi, in_hi, bin_lo, in_lo;
+    find_rank(top, r_hi, bin_hi, in_hi);
+    find_rank(top, r_lo, bin_lo, in_lo);
+    // pass 2: histograms of the low 16 bits inside those one or two top bins
+    std::fill(local.begin(), local.end(), 0u);
+    std::vector<uint32_t> local_lo(bin_lo != bin_hi ? local.size() : 0, 0);
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+      const size_t off = static_cast<size_t>(at::get_thread_num()) * kBins;
+      float v;
+      for (int64_t i = b; i < e; ++i) {
+        if (!value_at(i, v)) continue;
+        const uint32_t k = float_key(v);
+        const int64_t t = k >> 16;
+        if (t == bin_hi) ++local[off + (k & 0xffffu)];
+        else if (t == bin_lo) ++local_lo[off + (k & 0xffffu)];
+      }
+    });
+    auto select = [&](const std::vector<uint32_t>& parts, int64_t bin, int64_t inside) {
+      std::vector<int64_t> low(kBins, 0);
+      for (int t = 0; t < threads; ++t)
+        for (int b = 0; b < kBins; ++b) low[b] += parts[static_cast<size_t>(t) * kBins + b];
+      int64_t low_bin, unused;
+      find_rank(low, inside, low_bin, unused);
+      return key_float(static_cast<uint32_t>((bin << 16) | low_bin));
+    };
+    hi = select(local, bin_hi, in_hi);
+    lo = bin_lo == bin_hi ? select(local, bin_lo, in_lo) : select(local_lo, bin_lo, in_lo);
+    shift = 0.5f * (lo + hi);
+    std::vector<double> acc(threads, 0.0);
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+      double a = 0.0;
+      float v;
+      for (int64_t i = b; i < e; ++i)
+        if (value_at(i, v)) a += std::fabs(static_cast<double>(v - shift));
+      acc[at::get_thread_num()] += a;
+    });
+    double total = 0.0;
+    for (const double a : acc) total += a;
+    scale = static_cast<float>(total / static_cast<double>(count));
+  }
+  const bool ok = count > 0 && scale > 0.f;
+  st[0] = ok ? shift : 0.f;
+  st[1] = ok ? scale : 1.f;
+  st[2] = lo;
+  st[3] = hi;
+  st[4] = ok ? static_cast<float>(count) : 0.f;
+  const float half_inv_scale = ok ? 0.5f / scale : 0.f;
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    float v;
+    for (int64_t i = b; i < e; ++i) {
+      const bool use = ok && value_at(i, v);
+      yg[i] = static_cast<scalar_t>(use ? (v - shift) * half_inv_scale : 0.f);
+    }
+  });
+}
 
 }  // namespace
 
@@ -71,6 +188,12 @@ void normalize_disparity_cpu(const at::Tensor& values, const at::Tensor& valid, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "normalize_disparity_cpu", [&] {
     const scalar_t* x = values.data_ptr<scalar_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
+    if (groups < at::get_num_threads() && n >= kThreadedGroupMin) {
+      for (int64_t g = 0; g < groups; ++g)
+        normalize_group_threaded<scalar_t>(x + g * n, vptr + g * n, y + g * n, sptr + g * kStats,
+                                           n);
+      return;
+    }
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
       std::vector<float> buf;
       buf.reserve(n);

@@ -142,6 +142,48 @@ def test_degenerate_whole_clip(backend, kind):
     assert torch.isfinite(x.grad).all() and (x.grad[1] == 0).all()
 
 
+@pytest.mark.parametrize("kind", ["positive-odd", "signed-even", "ties", "invalid", "constant"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_ID.get)
+def test_cpp_threaded_single_clip(kind, dtype):
+    """Fewer large groups than threads (one clip, per="clip"): the C++ op splits each group
+    across threads and selects the median by radix histograms instead of nth_element."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        shape = (1, 3, 241, 227)  # 164k values: above the threaded-path threshold (2**17)
+        d = torch.exp(torch.randn(shape) * 1.2)
+        valid = torch.rand(shape) > 0.2
+        if kind == "positive-odd":  # odd count: one middle value
+            if int(valid.sum()) % 2 == 0:
+                valid.view(-1)[0] = ~valid.view(-1)[0]
+        elif kind == "signed-even":  # even count: the mean of two middle values
+            d = torch.randn(shape) * 3
+            if int(valid.sum()) % 2:
+                valid.view(-1)[0] = ~valid.view(-1)[0]
+        elif kind == "ties":
+            d = torch.randint(-3, 4, shape).float() * 0.5  # few distinct values, many ties
+        elif kind == "invalid":
+            valid[:] = False
+        else:
+            d[:] = 1.5
+        d = d.to(dtype)
+        x_ref, x = d.clone().requires_grad_(True), d.clone().requires_grad_(True)
+        ref = normalize_disparity_reference(x_ref, valid, "clip")
+        with rk.use_backend("cpp"):
+            out = rk.normalize_disparity(x, valid, "clip")
+        for a, b in zip(out, ref):
+            assert_parity(a, b, dtype=dtype)
+        if kind == "positive-odd":
+            assert int(valid.sum()) % 2 == 1
+        grads = [torch.randn_like(t) for t in ref]
+        torch.autograd.backward(ref, grads)
+        with rk.use_backend("cpp"):
+            torch.autograd.backward(out, grads)
+        assert_parity(x.grad, x_ref.grad, dtype=dtype, name="grad")
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_float64_runs_on_the_reference_in_float64():
     d = torch.exp(torch.randn(2, 3, 9, 8, dtype=torch.float64))
     valid = torch.rand(d.shape) > 0.2
