@@ -289,3 +289,39 @@ def test_stage2_on_cached_latents_matches_on_the_fly(tmp_path, data_root, tokeni
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_train(tmp_path / "bad", *common, "data.source=latents", stage="dit", data_root=bare)
     assert r.returncode != 0 and "--rgb-tokenizer" in r.stderr, r.stderr[-3000:]
+
+
+def test_stage2_uses_cached_caption_embeddings_of_its_frozen_encoder(tmp_path, data_root,
+                                                                    tokenizer_runs):
+    """cache-latents --text-encoder <local HF encoder> stores the caption embeddings; a DiT run
+    with that same frozen encoder reads them instead of encoding captions every step."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    import torch
+
+    words = ["<pad>", "</s>", "<unk>", "a", "red", "blue", "sphere", "box", "the", "camera"]
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)},
+                                                           unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    t5 = tmp_path / "t5"
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                         unk_token="<unk>").save_pretrained(t5)
+    torch.manual_seed(0)
+    transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        decoder_start_token_id=0)).save_pretrained(t5)
+    _, rgbd = tokenizer_runs
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "rgbd_world.cli", "cache-latents", "--tokenizer", str(rgbd),
+           "--data", str(data_root), "--out", str(cache), "--frames", "9", "--height", "32",
+           "--width", "32", "--text-encoder", str(t5), "--no-progress"]
+    r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "text embeddings" in r.stdout, r.stderr[-3000:]
+    r = run_train(tmp_path / "dit", "run.steps=3", "run.ckpt_every=3", f"model.tokenizer={rgbd}",
+                  f"model.text_encoder={t5}", "data.source=latents", stage="dit", data_root=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "caption embeddings from the cache" in r.stdout, r.stdout[-2000:]
+    # the byte encoder is trained with the DiT: the same cache is used, captions encoded per step
+    r = run_train(tmp_path / "dit-byte", "run.steps=3", "run.ckpt_every=3",
+                  f"model.tokenizer={rgbd}", "data.source=latents", stage="dit", data_root=cache)
+    assert r.returncode == 0 and "computed per step" in r.stdout, r.stderr[-3000:]
