@@ -34,7 +34,8 @@ Paths (``use_backend``):
 
 Outputs come back in the layout of x: channels_last_3d when x is channels-last (dense, or a view
 such as a time slice of a channels-last video, whose channel dim is innermost), else contiguous.
-Only ``groups=1`` is supported.
+Grouped convolutions (``groups`` > 1, weight (C_out, C_in / groups, ...), e.g. depthwise) run on
+the reference / cuDNN paths; the Triton kernels serve ``groups=1``.
 """
 from __future__ import annotations
 
@@ -116,8 +117,13 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _groups_of(x_shape, weight_shape) -> int:
+    """Groups implied by the shapes (validated by :func:`_validate`): C_in / weight's C_in."""
+    return x_shape[1] // weight_shape[1]
+
+
 def _validate(x, weight, bias, stride, padding, dilation, time_pad, cache, activation,
-              allow_empty: bool):
+              allow_empty: bool, groups: int = 1):
     """Check every argument; return normalized (stride, padding, dilation, activation, th)."""
     _check_tensor("x", x, 5, "(B, C_in, T, H, W)")
     _check_tensor("weight", weight, 5, "(C_out, C_in, kT, kH, kW)")
@@ -135,11 +141,16 @@ def _validate(x, weight, bias, stride, padding, dilation, time_pad, cache, activ
         raise ValueError(f"weight must be on x's device {x.device}, got {weight.device}")
     B, C, T, H, W = x.shape
     co, ci, kt, kh, kw = weight.shape
-    if ci != C:
-        raise ValueError(f"weight has C_in={ci} (shape {tuple(weight.shape)}) but x has "
-                         f"C_in={C} channels (shape {tuple(x.shape)}); only groups=1 is supported")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
     if min(co, kt, kh, kw) < 1 or C < 1:
         raise ValueError(f"weight must have positive sizes, got shape {tuple(weight.shape)}")
+    if ci * groups != C:
+        raise ValueError(f"weight has C_in={ci} per group (shape {tuple(weight.shape)}) and "
+                         f"groups={groups}, so x needs {ci * groups} channels, but x has C_in={C} "
+                         f"(shape {tuple(x.shape)})")
+    if co % groups:
+        raise ValueError(f"weight's C_out={co} must be divisible by groups={groups}")
     if T < 1 or H < 1 or W < 1:
         raise ValueError(f"x must have at least one frame and pixel, got shape {tuple(x.shape)}")
     if bias is not None:
@@ -240,20 +251,21 @@ def _conv_reference(x, weight, bias, stride, padding, dilation, time_pad, cache,
     seq = F.pad(seq, (padding[1], padding[1], padding[0], padding[0], 0, 0))
     seq = seq.contiguous(memory_format=_memory_format(x))  # cuDNN's fast path wants NDHWC kept
     return F.conv3d(seq, weight.to(cdt), None if bias is None else bias.to(cdt), stride=stride,
-                    dilation=dilation)
+                    dilation=dilation, groups=_groups_of(x.shape, weight.shape))
 
 
 def causal_conv3d_reference(x: torch.Tensor, weight: torch.Tensor,
                             bias: Optional[torch.Tensor] = None, stride=1, padding=0,
                             dilation=1, time_pad: str = "replicate",
                             cache: Optional[torch.Tensor] = None,
-                            activation: Optional[str] = None) -> torch.Tensor:
+                            activation: Optional[str] = None, groups: int = 1) -> torch.Tensor:
     """Reference path of :func:`causal_conv3d`: plain PyTorch in float32 math, differentiable.
 
     Returns y in x's dtype and layout. Arguments as in :func:`causal_conv3d` (validated).
     """
     stride, padding, dilation, act, th = _validate(x, weight, bias, stride, padding, dilation,
-                                                   time_pad, cache, activation, allow_empty=True)
+                                                   time_pad, cache, activation, allow_empty=True,
+                                                   groups=groups)
     y = _conv_reference(x, weight, bias, stride, padding, dilation, time_pad, cache, th,
                         _compute_dtype(x.dtype))
     if act == "silu":
@@ -277,7 +289,7 @@ def _conv_backward_reference(g, x, weight, cache, stride, padding, dilation, tim
     seq = _sequence(x.to(cdt), None if cache is None else cache.to(cdt), time_pad, th)
     d_seq, d_w, _ = torch.ops.aten.convolution_backward(
         g, seq, weight.to(cdt), None, list(stride), [0, padding[0], padding[1]], list(dilation),
-        False, [0, 0, 0], 1, [mask[0], mask[1], False])
+        False, [0, 0, 0], _groups_of(x.shape, weight.shape), [mask[0], mask[1], False])
     return d_seq, d_w
 
 
@@ -291,10 +303,11 @@ def _pick_backend(x: torch.Tensor, weight: torch.Tensor, stride) -> str:
     """"reference" (float32 math), "cudnn" (auto on CUDA: F.conv3d in the input dtype) or
     "triton"."""
     requested = get_backend()
+    grouped = _groups_of(x.shape, weight.shape) > 1
     if requested == "auto":
         if x.device.type == "cuda":
             shape_class = _shape_class(x, weight, stride)
-            if x.dtype in _TRITON_DTYPES and shape_class in TRITON_FASTER_SHAPES:
+            if x.dtype in _TRITON_DTYPES and shape_class in TRITON_FASTER_SHAPES and not grouped:
                 return "triton"
             return "cudnn"
         return "reference"
@@ -303,6 +316,10 @@ def _pick_backend(x: torch.Tensor, weight: torch.Tensor, stride) -> str:
     if backend == "triton" and x.dtype not in _TRITON_DTYPES:
         raise BackendUnavailableError(f"causal_conv3d: backend 'triton' supports float32, float16 "
                                       f"and bfloat16, got {x.dtype}")
+    if backend == "triton" and grouped:
+        raise BackendUnavailableError(
+            f"causal_conv3d: backend 'triton' serves groups=1; this call has groups="
+            f"{_groups_of(x.shape, weight.shape)} (use 'auto' or 'reference')")
     return backend
 
 
@@ -491,9 +508,11 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _run(x, weight, bias, stride, padding, dilation, time_pad, cache, activation, allow_empty):
+def _run(x, weight, bias, stride, padding, dilation, time_pad, cache, activation, allow_empty,
+         groups):
     stride, padding, dilation, act, th = _validate(x, weight, bias, stride, padding, dilation,
-                                                   time_pad, cache, activation, allow_empty)
+                                                   time_pad, cache, activation, allow_empty,
+                                                   groups)
     save = act == "silu" and _needs_grad(x, weight, bias, cache)
     with nvtx_range("rgbd.causal_conv3d"):
         y, _ = _causal_conv3d_op(x, weight, bias, cache, list(stride), list(padding),
@@ -504,19 +523,21 @@ def _run(x, weight, bias, stride, padding, dilation, time_pad, cache, activation
 def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                   stride=(1, 1, 1), padding=(0, 0), dilation=(1, 1, 1),
                   time_pad: str = "replicate", cache: Optional[torch.Tensor] = None,
-                  activation: Optional[str] = None) -> torch.Tensor:
+                  activation: Optional[str] = None, groups: int = 1) -> torch.Tensor:
     """Causal 3D convolution, optionally fused with bias and SiLU (see the module docstring).
 
     Args:
         x: (B, C_in, T, H, W) float32 / float16 / bfloat16 (float64: reference path only), either
             layout (contiguous or ``torch.channels_last_3d``) or any strided view.
-        weight: (C_out, C_in, kT, kH, kW), x's dtype and device. bias: (C_out,) or None.
+        weight: (C_out, C_in / groups, kT, kH, kW), x's dtype and device. bias: (C_out,) or None.
         stride, dilation: int or (t, h, w); padding: int or (pH, pW) zero spatial padding.
         time_pad: "replicate" (copies of frame 0) or "zeros"; ignored when ``cache`` is given.
         cache: the cache returned by :func:`causal_conv3d_stream` for the previous chunk
             (continues a stream; may then produce 0 frames), or None (start of the video).
         activation: None or "silu" (applied after the bias; its backward uses the saved
             pre-activation).
+        groups: as in ``nn.Conv3d`` (C_in and C_out divisible by it); > 1 runs on the
+            reference / cuDNN paths.
     Returns:
         y (B, C_out, T_out, H_out, W_out) in x's dtype and layout; without a cache
         ``T_out = T // stride_t``.
@@ -525,7 +546,7 @@ def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         kernel larger than the padded input, negative padding or a bad cache.
     """
     return _run(x, weight, bias, stride, padding, dilation, time_pad, cache, activation,
-                allow_empty=cache is not None)[0]
+                allow_empty=cache is not None, groups=groups)[0]
 
 
 def _next_cache(x, cache, time_pad, th, consumed) -> torch.Tensor:
@@ -548,7 +569,8 @@ def causal_conv3d_stream(x: torch.Tensor, weight: torch.Tensor,
                          bias: Optional[torch.Tensor] = None, stride=(1, 1, 1), padding=(0, 0),
                          dilation=(1, 1, 1), time_pad: str = "replicate",
                          cache: Optional[torch.Tensor] = None,
-                         activation: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         activation: Optional[str] = None,
+                         groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk of a streamed causal conv: returns ``(y, new_cache)``.
 
     Feed the chunks of a video in order, ``cache=None`` for the first and the returned cache
@@ -559,5 +581,5 @@ def causal_conv3d_stream(x: torch.Tensor, weight: torch.Tensor,
     when x requires grad: ``.detach()`` it to truncate backpropagation).
     """
     y, (stride, dilation, th, to) = _run(x, weight, bias, stride, padding, dilation, time_pad,
-                                         cache, activation, allow_empty=True)
+                                         cache, activation, allow_empty=True, groups=groups)
     return y, _next_cache(x, cache, time_pad, th, to * stride[0])

@@ -40,7 +40,7 @@ class CausalConv3d(nn.Module):
     """Causal 3D convolution with ``nn.Conv3d``'s constructor and parameters.
 
     Args (as ``nn.Conv3d``): in_channels, out_channels, kernel_size, stride, padding (zero
-    spatial padding: int, (pH, pW) or (0, pH, pW)), dilation, groups (must be 1), bias,
+    spatial padding: int, (pH, pW) or (0, pH, pW)), dilation, groups (> 1: reference / cuDNN paths), bias,
     padding_mode (must be "zeros"), device, dtype. Extra keyword arguments:
         time_pad: "replicate" (left-pad time with copies of frame 0: Cosmos, LTX, Hunyuan) or
             "zeros" (Wan).
@@ -52,8 +52,8 @@ class CausalConv3d(nn.Module):
                  device=None, dtype=None, *, time_pad: str = "replicate",
                  activation: Optional[str] = None):
         super().__init__()
-        if groups != 1:
-            raise ValueError(f"groups must be 1, got {groups}")
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
         if padding_mode != "zeros":
             raise ValueError(f"padding_mode must be 'zeros' (spatial), got {padding_mode!r}; "
                              "time padding is chosen with time_pad")
@@ -64,7 +64,10 @@ class CausalConv3d(nn.Module):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.in_channels, self.out_channels = in_channels, out_channels
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must be "
+                             f"divisible by groups={groups}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _tuple("kernel_size", kernel_size, 3, 1)
         self.stride = _tuple("stride", stride, 3, 1)
         self.dilation = _tuple("dilation", dilation, 3, 1)
@@ -75,7 +78,8 @@ class CausalConv3d(nn.Module):
             raise ValueError(f"stride[0]={self.stride[0]} exceeds the temporal receptive field "
                              f"{self.dilation[0] * (self.kernel_size[0] - 1) + 1}")
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty((out_channels, in_channels, *self.kernel_size),
+        self.weight = nn.Parameter(torch.empty((out_channels, in_channels // groups,
+                                                *self.kernel_size),
                                                **factory))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels, **factory))
@@ -87,13 +91,13 @@ class CausalConv3d(nn.Module):
         """The ``nn.Conv3d`` initialization (kaiming-uniform weight, uniform bias)."""
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
-            fan_in = self.in_channels * math.prod(self.kernel_size)
+            fan_in = self.in_channels // self.groups * math.prod(self.kernel_size)
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _kwargs(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    time_pad=self.time_pad, activation=self.activation)
+                    time_pad=self.time_pad, activation=self.activation, groups=self.groups)
 
     def forward(self, x: torch.Tensor, cache: Optional[torch.Tensor] = None) -> torch.Tensor:
         """y for x (B, C_in, T, H, W); ``cache`` (from :meth:`stream`) continues a stream."""
@@ -108,6 +112,8 @@ class CausalConv3d(nn.Module):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
              f"time_pad={self.time_pad!r}")
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         if self.activation:
             s += f", activation={self.activation!r}"
         return s + ("" if self.bias is not None else ", bias=False")

@@ -355,6 +355,10 @@ def _bad_inputs():
     yield "cache-frames", dict(ok, cache=torch.randn(1, 3, 3, 5, 5)), "cache must hold"
     yield "cache-shape", dict(ok, cache=torch.randn(1, 3, 2, 4, 5)), "cache must be"
     yield "not-tensor", dict(ok, x=[1.0]), "x must be a torch.Tensor"
+    yield "groups-cin", dict(ok, weight=torch.randn(4, 2, 3, 3, 3), groups=2), "C_in"
+    yield "groups-cout", dict(ok, x=torch.randn(1, 6, 4, 5, 5), weight=torch.randn(4, 2, 3, 3, 3),
+                              groups=3), "C_out=4 must be divisible by groups=3"
+    yield "groups-zero", dict(ok, groups=0), "groups must be a positive int"
 
 
 @pytest.mark.parametrize("kwargs,match", [(k, m) for _, k, m in _bad_inputs()],
@@ -376,7 +380,8 @@ def test_bad_input_raises_value_error(fn, kwargs, match):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(padding=(1, 1, 1)), "padding\\[0\\]"), (dict(groups=2), "groups"),
+    (dict(padding=(1, 1, 1)), "padding\\[0\\]"), (dict(groups=3), "divisible by groups=3"),
+    (dict(groups=0), "groups must be a positive int"),
     (dict(padding_mode="reflect"), "padding_mode"), (dict(time_pad="circular"), "time_pad"),
     (dict(stride=(3, 1, 1), kernel_size=(2, 3, 3)), "stride"), (dict(padding=-1), "padding"),
     (dict(padding="same"), "padding")])
@@ -384,6 +389,53 @@ def test_module_bad_arguments(kwargs, match):
     args = dict(in_channels=4, out_channels=4, kernel_size=3) | kwargs
     with pytest.raises(ValueError, match=match):
         CausalConv3d(**args)
+
+
+class GroupedCosmosConv(torch.nn.Module):
+    """Replicate frame 0 + F.pad + a grouped nn.Conv3d: the grouped semantics, re-stated."""
+
+    def __init__(self, conv: torch.nn.Conv3d, time_pad: int, padding: int):
+        super().__init__()
+        self.conv, self.time_pad, self.padding = conv, time_pad, padding
+
+    def forward(self, x):
+        x = torch.cat([x[:, :, :1].repeat(1, 1, self.time_pad, 1, 1), x], dim=2)
+        return self.conv(F.pad(x, (self.padding,) * 4 + (0, 0)))
+
+
+@pytest.mark.parametrize("groups,ci,co", [(2, 6, 4), (6, 6, 6), (3, 6, 12)],
+                         ids=["g2", "depthwise", "g3-multiplier"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_grouped_conv_matches_grouped_conv3d_forward_backward_and_streams(groups, ci, co, layout):
+    torch.manual_seed(0)
+    ours = CausalConv3d(ci, co, (3, 3, 3), padding=1, groups=groups)
+    assert ours.weight.shape == (co, ci // groups, 3, 3, 3) and f"groups={groups}" in repr(ours)
+    conv = torch.nn.Conv3d(ci, co, 3, groups=groups)
+    conv.load_state_dict(ours.state_dict())
+    ref = GroupedCosmosConv(conv, 2, 1)
+    x = to_layout(torch.randn(2, ci, 5, 6, 6), layout)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y, want = ours(x1), ref(x2)
+    assert_parity(y, want, rtol=fp32_tol())
+    assert is_channels_last(y) == (layout == "channels_last")
+    g = torch.randn_like(want)
+    y.backward(g)
+    want.backward(g)
+    assert_parity(x1.grad, x2.grad, rtol=fp32_tol(), name="dx")
+    assert_parity(ours.weight.grad, conv.weight.grad, rtol=fp32_tol(), name="dweight")
+    assert_parity(ours.bias.grad, conv.bias.grad, rtol=fp32_tol(), name="dbias")
+    with torch.no_grad():  # streamed in chunks of 2, 1, 2 frames
+        cache, parts = None, []
+        for a, b in ((0, 2), (2, 3), (3, 5)):
+            part, cache = ours.stream(x[:, :, a:b], cache)
+            parts.append(part)
+        assert_parity(torch.cat(parts, 2), want.detach(), rtol=fp32_tol())
+    with use_backend("triton"), pytest.raises(BackendUnavailableError, match="groups=1"):
+        ours(x)
+    w, b = ours.weight.detach(), ours.bias.detach()
+    conf = ([1, 1, 1], [1, 1], [1, 1, 1], "replicate")
+    torch.library.opcheck(_causal_conv3d_op, (x.requires_grad_(True), w.requires_grad_(True),
+                                              b, None, *conf, "silu", True))
 
 
 def test_triton_backend_refuses_float64():
