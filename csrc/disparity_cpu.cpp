@@ -27,6 +27,19 @@ void check_rows(const at::Tensor& t, const char* name) {
 
 inline float sign_of(float x) { return static_cast<float>((x > 0.f) - (x < 0.f)); }
 
+// Write a group's stats row [shift, scale, lo, hi, count]; a degenerate group (no valid value,
+// or zero deviation) gets shift 0, scale 1, count 0. Returns false for a degenerate group
+// (whose output is all zeros).
+inline bool write_stats(float* st, int64_t count, float lo, float hi, float shift, float scale) {
+  const bool ok = count > 0 && scale > 0.f;
+  st[0] = ok ? shift : 0.f;
+  st[1] = ok ? scale : 1.f;
+  st[2] = lo;
+  st[3] = hi;
+  st[4] = ok ? static_cast<float>(count) : 0.f;
+  return ok;
+}
+
 // Order-preserving float <-> uint32 keys (negatives flipped, positives offset by the sign bit).
 inline uint32_t float_key(float v) {
   uint32_t u;
@@ -125,12 +138,7 @@ void normalize_group_threaded(const scalar_t* xg, const bool* vg, scalar_t* yg, 
     for (const double a : acc) total += a;
     scale = static_cast<float>(total / static_cast<double>(count));
   }
-  const bool ok = count > 0 && scale > 0.f;
-  st[0] = ok ? shift : 0.f;
-  st[1] = ok ? scale : 1.f;
-  st[2] = lo;
-  st[3] = hi;
-  st[4] = ok ? static_cast<float>(count) : 0.f;
+  const bool ok = write_stats(st, count, lo, hi, shift, scale);
   const float half_inv_scale = ok ? 0.5f / scale : 0.f;
   at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
     float v;
@@ -219,12 +227,7 @@ void normalize_disparity_cpu(const at::Tensor& values, const at::Tensor& valid, 
           for (const float v : buf) acc += std::fabs(static_cast<double>(v - shift));
           scale = static_cast<float>(acc / static_cast<double>(count));
         }
-        const bool ok = count > 0 && scale > 0.f;
-        st[0] = ok ? shift : 0.f;
-        st[1] = ok ? scale : 1.f;
-        st[2] = lo;
-        st[3] = hi;
-        st[4] = ok ? static_cast<float>(count) : 0.f;
+        const bool ok = write_stats(st, count, lo, hi, shift, scale);
         const float half_inv_scale = ok ? 0.5f / scale : 0.f;
         for (int64_t i = 0; i < n; ++i) {
           const float v = static_cast<float>(xg[i]);

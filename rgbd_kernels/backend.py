@@ -13,7 +13,7 @@ import contextvars
 import functools
 import importlib.util
 import os
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -91,18 +91,23 @@ AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("cuda", "triton")}
 
 
 def select_backend(op: str, device: torch.device, implemented: Sequence[str],
-                   auto_order: dict[str, Sequence[str]] | None = None) -> str:
+                   auto_order: dict[str, Sequence[str]] | None = None,
+                   unsupported: Mapping[str, str] | None = None) -> str:
     """Pick the backend for ``op`` on ``device``.
 
     ``implemented``: the fast backends this op has (the reference is always implemented).
     ``auto_order``: per device type, the fast backends "auto" tries first, in order; by default
     C++ on CPU and CUDA then Triton on GPUs. "auto" never runs Triton under the interpreter.
+    ``unsupported``: fast backends that cannot serve this particular input (dtype, groups, ...),
+    each with the reason: "auto" skips them, an explicit request raises with the reason.
     """
+    unsupported = unsupported or {}
     requested = get_backend()
     if requested == "auto":
         order = (auto_order or AUTO_ORDER).get(device.type, ())
         for name in order:
-            if name in implemented and backend_status(name, device) is None:
+            if (name in implemented and name not in unsupported
+                    and backend_status(name, device) is None):
                 if name == "triton" and device.type != "cuda":
                     continue
                 return name
@@ -114,6 +119,8 @@ def select_backend(op: str, device: torch.device, implemented: Sequence[str],
     reason = backend_status(requested, device)
     if reason is not None:
         raise BackendUnavailableError(f"{op}: backend {requested!r} cannot run: {reason}")
+    if requested in unsupported:
+        raise BackendUnavailableError(f"{op}: backend {requested!r} {unsupported[requested]}")
     return requested
 
 

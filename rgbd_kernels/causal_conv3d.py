@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from . import _buffers
 from ._nvtx import nvtx_range
-from .backend import BackendUnavailableError, get_backend, select_backend
+from .backend import get_backend, select_backend
 
 __all__ = ["causal_conv3d", "causal_conv3d_stream", "causal_conv3d_reference", "causal_time_pad",
            "causal_conv3d_output_frames", "TRITON_FASTER_SHAPES"]
@@ -311,16 +311,14 @@ def _pick_backend(x: torch.Tensor, weight: torch.Tensor, stride) -> str:
                 return "triton"
             return "cudnn"
         return "reference"
-    backend = select_backend("causal_conv3d", x.device, ("triton",),
-                             auto_order={"cuda": ("triton",)})
-    if backend == "triton" and x.dtype not in _TRITON_DTYPES:
-        raise BackendUnavailableError(f"causal_conv3d: backend 'triton' supports float32, float16 "
-                                      f"and bfloat16, got {x.dtype}")
-    if backend == "triton" and grouped:
-        raise BackendUnavailableError(
-            f"causal_conv3d: backend 'triton' serves groups=1; this call has groups="
-            f"{_groups_of(x.shape, weight.shape)} (use 'auto' or 'reference')")
-    return backend
+    unsupported = {}
+    if x.dtype not in _TRITON_DTYPES:
+        unsupported["triton"] = f"supports float32, float16 and bfloat16, got {x.dtype}"
+    elif grouped:
+        unsupported["triton"] = (f"serves groups=1; this call has groups="
+                                 f"{_groups_of(x.shape, weight.shape)} (use 'auto' or 'reference')")
+    return select_backend("causal_conv3d", x.device, ("triton",),
+                          auto_order={"cuda": ("triton",)}, unsupported=unsupported)
 
 
 _BACKWARD_BACKENDS = ("reference", "cudnn", "triton")

@@ -21,7 +21,7 @@ import torch
 from . import _buffers
 from ._nvtx import nvtx_range
 from ._validation import check_float
-from .backend import BackendUnavailableError, get_backend, select_backend
+from .backend import select_backend
 
 __all__ = ["depth_to_disparity", "normalize_disparity", "denormalize_disparity",
            "align_scale_shift", "abs_rel", "delta1",
@@ -197,18 +197,18 @@ def normalize_disparity_reference(disparity: torch.Tensor, valid: torch.Tensor |
     return out.view(disparity.shape), stats[:, 0].reshape(lead), stats[:, 1].reshape(lead)
 
 
+_FLOAT32_ONLY = "computes in float32; float64 input needs the reference path " \
+                "(use_backend('reference') or 'auto')"
+
+
 def _normalize_backend(values: torch.Tensor) -> str:
     """The backend for these rows. The fast paths compute in float32, so float64 input (which
     the reference keeps in float64) goes to the reference under "auto" and is refused by an
     explicitly requested fast backend."""
-    if values.dtype == torch.float64:
-        requested = get_backend()
-        if requested not in ("auto", "reference"):
-            raise BackendUnavailableError(
-                f"normalize_disparity: backend {requested!r} computes in float32; float64 "
-                "input needs the reference path (use_backend('reference') or 'auto')")
-        return "reference"
-    return select_backend("normalize_disparity", values.device, ("cpp", "triton"))
+    unsupported = ({"cpp": _FLOAT32_ONLY, "triton": _FLOAT32_ONLY}
+                   if values.dtype == torch.float64 else None)
+    return select_backend("normalize_disparity", values.device, ("cpp", "triton"),
+                          unsupported=unsupported)
 
 
 @torch.library.custom_op("rgbd::normalize_disparity_rows", mutates_args=())

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -120,10 +119,9 @@ def _rgb_encoder(args: argparse.Namespace):
     if spec == "none":
         return None, None
     if spec == "auto":
-        config = Path(args.tokenizer) / "config.json"
-        if not config.is_file():
-            return None, None  # not a training run: nothing recorded to go by
-        spec = json.loads(config.read_text()).get("model", {}).get("teacher", "")
+        from rgbd_world.tokenizer.checkpoint import run_teacher
+
+        spec = run_teacher(args.tokenizer)  # "" for a run without one, or not a run directory
         if not spec:
             return None, None
     return load_encoder(spec, device=args.device), _spec_name(spec)

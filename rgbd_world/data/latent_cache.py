@@ -91,6 +91,14 @@ def _text_tokens(text_encoder, captions: list[str]) -> list[torch.Tensor]:
     return [e[m.to(torch.bool)] for e, m in zip(emb, mask)]
 
 
+def _encoder_name(fn, given: str | None) -> str | None:
+    """The name a cache records for an encoder: ``given``, else its ``name`` attribute (the
+    frozen text encoders), else its qualified name; None for no encoder."""
+    if fn is None:
+        return None
+    return given or getattr(fn, "name", None) or getattr(fn, "__qualname__", type(fn).__name__)
+
+
 def _describe_dataset(dataset) -> dict:
     """What a resumed cache must match besides its length: the clips' roots, frames and size."""
     roots = getattr(dataset, "roots", None)
@@ -132,16 +140,11 @@ def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
-    def describe(fn, given):
-        if fn is None:
-            return None
-        return given or getattr(fn, "name", None) or getattr(fn, "__qualname__", type(fn).__name__)
-
-    name = describe(encoder, encoder_name)
+    name = _encoder_name(encoder, encoder_name)
     config = {"format": LATENT_FORMAT, "version": 1, "num_samples": n,
               "samples_per_shard": samples_per_shard, "encoder": name,
-              "rgb_encoder": describe(rgb_encoder, rgb_encoder_name),
-              "text_encoder": describe(text_encoder, text_encoder_name),
+              "rgb_encoder": _encoder_name(rgb_encoder, rgb_encoder_name),
+              "text_encoder": _encoder_name(text_encoder, text_encoder_name),
               "storage_dtype": storage_dtype, "dataset": _describe_dataset(dataset)}
     manifest = out / _MANIFEST
     if manifest.exists():

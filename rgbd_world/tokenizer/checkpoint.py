@@ -85,14 +85,25 @@ def load_any_tokenizer(path: str | os.PathLike, device: str | torch.device = "cp
     return load_cosmos_tokenizer(p, preset=preset, device=device)
 
 
+def run_teacher(tokenizer_run: str | os.PathLike) -> str:
+    """The RGB teacher recorded in a tokenizer training run's config.json ("" when the run had
+    none, or ``tokenizer_run`` is not a training run directory)."""
+    config = Path(tokenizer_run) / "config.json"
+    if not config.is_file():
+        return ""
+    return json.loads(config.read_text()).get("model", {}).get("teacher", "") or ""
+
+
 def load_rgb_tokenizer(tokenizer_run: str | os.PathLike, explicit: str | os.PathLike = "",
                        device: str | torch.device = "cpu") -> VideoTokenizer:
     """The RGB tokenizer that goes with an RGBD tokenizer run: ``explicit`` if given, else the
     teacher recorded in the run's config.json. ValueError when the run had no teacher."""
     path = explicit
     if not path:
-        cfg = json.loads((Path(tokenizer_run) / "config.json").read_text())
-        path = cfg["model"]["teacher"]
+        if not (Path(tokenizer_run) / "config.json").is_file():
+            raise FileNotFoundError(f"{Path(tokenizer_run) / 'config.json'} not found: expected a "
+                                    "'train.py --stage tokenizer' run directory")
+        path = run_teacher(tokenizer_run)
         if not path:
             raise ValueError(f"{tokenizer_run} was trained without an RGB teacher; set "
                              "model.rgb_tokenizer to an RGB tokenizer (tokenizer-rgb run or Cosmos)")

@@ -18,12 +18,7 @@ from rgbd_world.data.shards import generate_dataset
 from rgbd_world.data.synthetic import render, sample_scene
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

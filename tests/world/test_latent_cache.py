@@ -12,12 +12,7 @@ from rgbd_world.data.latent_cache import (LatentDataset, collate_latents, encode
 from rgbd_world.data.shards import generate_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

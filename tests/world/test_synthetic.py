@@ -12,13 +12,7 @@ from rgbd_world.data.dataset import reprojection_errors
 from rgbd_world.data.synthetic import PALETTE, make_clip, render, sample_scene
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small frames: thread hand-offs cost more than they save on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bare_scene(eye, target, hfov=60.0, ground=False, wall_y=None):

@@ -46,12 +46,13 @@ class Stage:
         return self.cfg["data"]["batch_size"] * self.cfg["data"]["frames"]
 
     def tokens_per_step(self) -> int | None:
-        """Model tokens in this rank's last batch (transformers), else None."""
-        return None
+        """Model tokens in this rank's last batch (``self._tokens``, set by compute_loss), or
+        None when the stage does not count them."""
+        return getattr(self, "_tokens", None)
 
     def flops_per_step(self) -> int | None:
-        """Training FLOPs of this rank's last step (for MFU), else None."""
-        return None
+        """Training FLOPs of this rank's last step (``self._flops``, for MFU), or None."""
+        return getattr(self, "_flops", None)
 
     def log_samples(self, model: nn.Module, batch: Any, writer, step: int, out_dir: Path) -> None:
         """Write reconstructions / samples for a person to look at (rank 0)."""

@@ -177,9 +177,3 @@ class DiTStage(Stage):
         if writer is not None:
             add_tensorboard_video(writer, "sample (RGB | disparity)", video, step)
             writer.add_text("sample prompt", caption, step)
-
-    def tokens_per_step(self) -> int | None:
-        return getattr(self, "_tokens", None)
-
-    def flops_per_step(self) -> int | None:
-        return getattr(self, "_flops", None)

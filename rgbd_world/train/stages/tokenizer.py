@@ -53,6 +53,10 @@ def build_rgbd_dataset(cfg: dict[str, dict[str, Any]], info, temporal_compressio
 class _TokenizerStageBase(Stage):
     in_channels = 3
 
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self._flops_by_shape: dict[tuple[int, ...], int] = {}  # input shape -> training FLOPs
+
     def model_config(self) -> dict[str, Any]:
         return {"tokenizer": config_to_dict(self.model.config)}
 
@@ -101,12 +105,6 @@ class _TokenizerStageBase(Stage):
         if writer is not None:
             add_tensorboard_video(writer, "reconstruction (input | output)", frames, step)
 
-    def tokens_per_step(self) -> int | None:
-        return getattr(self, "_tokens", None)
-
-    def flops_per_step(self) -> int | None:
-        return getattr(self, "_flops", None)
-
     def _count(self, x: torch.Tensor) -> None:
         """Latent tokens of this batch, and training FLOPs (3x the forward's, counted once per
         input shape; see :func:`rgbd_world.train.flops.forward_flops`)."""
@@ -114,10 +112,9 @@ class _TokenizerStageBase(Stage):
 
         c, t, h, w = self.model.latent_shape(x.shape[2], x.shape[3], x.shape[4])
         self._tokens = x.shape[0] * t * h * w
-        cache = self.__dict__.setdefault("_flops_by_shape", {})
-        if tuple(x.shape) not in cache:
-            cache[tuple(x.shape)] = 3 * forward_flops(self.model, x)
-        self._flops = cache[tuple(x.shape)]
+        if tuple(x.shape) not in self._flops_by_shape:
+            self._flops_by_shape[tuple(x.shape)] = 3 * forward_flops(self.model, x)
+        self._flops = self._flops_by_shape[tuple(x.shape)]
 
 
 class RGBTokenizerStage(_TokenizerStageBase):
