@@ -5,11 +5,18 @@ tensors with ``TRITON_INTERPRET=1``), ``"cpp"`` (compiled CPU ops), ``"cuda"`` (
 ops), ``"auto"`` (default: the fastest correct path available for the tensor's device).
 A backend requested explicitly that cannot serve an input raises :class:`BackendUnavailableError`
 instead of silently running something else.
+
+The choice is process-wide state (one module-level value, not per thread): ``use_backend`` sets
+it for the ``with`` block and restores the previous value on exit. A plain global is what
+``torch.compile`` can read while tracing: Dynamo reads it without a graph break and guards on
+it, so a compiled model recompiles when the backend changes instead of running a stale choice.
+Threads share it; do not run different backends concurrently from several threads.
+``$RGBD_KERNELS_BACKEND`` is the process default: set it before the process starts (a compiled
+graph does not re-read it).
 """
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import importlib.util
 import os
@@ -22,7 +29,8 @@ from . import _extension
 BACKENDS = ("auto", "reference", "triton", "cpp", "cuda")
 ENV_VAR = "RGBD_KERNELS_BACKEND"
 
-_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("rgbd_backend", default=None)
+# The innermost use_backend's name, None outside any. A module global on purpose (see above).
+_override: str | None = None
 
 
 class BackendUnavailableError(RuntimeError):
@@ -37,9 +45,8 @@ def _check_name(name: object, source: str) -> str:
 
 def get_backend() -> str:
     """The backend in force: the innermost ``use_backend``, else ``$RGBD_KERNELS_BACKEND``, else auto."""
-    name = _override.get()
-    if name is not None:
-        return name
+    if _override is not None:
+        return _override
     env = os.environ.get(ENV_VAR)
     return _check_name(env, f"${ENV_VAR}") if env else "auto"
 
@@ -47,11 +54,12 @@ def get_backend() -> str:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[str]:
     """Run the ops inside the ``with`` block on backend ``name`` (see module docstring)."""
-    token = _override.set(_check_name(name, "backend"))
+    global _override
+    previous, _override = _override, _check_name(name, "backend")
     try:
-        yield name
+        yield _override
     finally:
-        _override.reset(token)
+        _override = previous
 
 
 @functools.lru_cache(maxsize=None)

@@ -472,8 +472,8 @@ def _setup(ctx, inputs, output):
     ctx.conf = (list(stride), list(padding), list(dilation), time_pad, activation)
     ctx.has_bias = bias is not None
     ctx.saved_preact = bool(save_preact)
-    # Chosen here, on the caller's thread: autograd may run the backward on a device thread
-    # where use_backend's context variable is not set.
+    # Chosen with the forward, inside its use_backend block: the backward may run after the
+    # block has exited, and must use the forward's path.
     ctx.backend = _pick_backend(x, weight, stride)
 
 
