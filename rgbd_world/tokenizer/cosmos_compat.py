@@ -6,6 +6,13 @@ ours keep ``weight``/``bias`` on the conv (``conv_in.0.weight``). All other name
 :func:`cosmos_key_map` gives the exact map for a model; :func:`load_cosmos_state_dict` loads an
 official state dict (``torch.jit.load(path).state_dict()`` of ``encoder.jit``, ``decoder.jit`` or
 ``autoencoder.jit``), with or without the ``encoder.`` / ``decoder.`` prefixes.
+
+TorchScript files also carry the Haar patcher's fixed buffers (``encoder.patcher3d.wavelets``,
+``encoder.patcher3d._arange``, ``encoder.patcher3d.patch_size_buffer``,
+``decoder.unpatcher3d.wavelets``, ``decoder.unpatcher3d._arange``). Our patcher computes the same
+transform without buffers, so the loader checks each against the value it must have (the Haar
+taps ``[1/sqrt(2), 1/sqrt(2)]``, ``arange(2)``, the config's patch size) and drops it; a wrong
+value is an error, and any other unknown key is still reported as unexpected.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from .model import VideoTokenizer
 from .patcher import patch_channel_index
 
 __all__ = ["CosmosStateDictError", "cosmos_key_map", "to_cosmos_state_dict",
-           "load_cosmos_state_dict", "inflate_to_rgbd"]
+           "load_cosmos_state_dict", "inflate_to_rgbd", "HAAR_BUFFERS"]
 
 _TOPS = ("encoder.", "quant_conv.", "decoder.", "post_quant_conv.")
 
@@ -41,6 +48,38 @@ class CosmosStateDictError(ValueError):
             + block("missing keys (the model needs them, the state dict lacks them)", missing)
             + block("unexpected keys (in the state dict, unused by the model)", unexpected)
             + block("shape mismatches (key: state dict shape vs model shape)", mismatched))
+
+
+HAAR_BUFFERS = ("encoder.patcher3d.wavelets", "encoder.patcher3d._arange",
+                "encoder.patcher3d.patch_size_buffer", "decoder.unpatcher3d.wavelets",
+                "decoder.unpatcher3d._arange")
+"""The fixed (non-trainable) buffers of Cosmos's Haar patcher / unpatcher in TorchScript files."""
+
+
+def _haar_buffer_problem(key: str, value, patch_size: int) -> str | None:
+    """Why ``value`` is not what Cosmos's Haar buffer ``key`` holds for this model, else None."""
+    if not isinstance(value, torch.Tensor):
+        return f"{key}: expected a tensor, found {type(value).__name__}"
+    leaf = key.rsplit(".", 1)[1]
+    if leaf == "wavelets":
+        want = torch.full((2,), 0.7071067811865476, dtype=torch.float64)
+        # a bf16 / fp16 file rounds the taps: compare at the file's precision
+        tol = 1e-6 if value.dtype in (torch.float32, torch.float64) else 1e-2
+        ok = value.is_floating_point() and tuple(value.shape) == (2,) and \
+            torch.allclose(value.detach().cpu().double(), want, rtol=tol, atol=0)
+        expected = "the Haar taps [0.70711, 0.70711]"
+    elif leaf == "_arange":
+        ok = tuple(value.shape) == (2,) and torch.equal(value.detach().cpu().long(),
+                                                         torch.arange(2))
+        expected = "arange(2) = [0, 1]"
+    else:  # patch_size_buffer
+        ok = value.numel() >= 1 and bool((value.detach().cpu().double() == patch_size).all())
+        expected = f"the patch size {patch_size}"
+    if ok:
+        return None
+    shown = value.detach().cpu().flatten()[:4].tolist() if value.numel() else []
+    return (f"{key}: expected {expected}, found {tuple(value.shape)} {value.dtype} {shown} "
+            "(a tokenizer with another patch method or patch size?)")
 
 
 def cosmos_key_map(model: nn.Module) -> dict[str, str]:
@@ -89,11 +128,23 @@ def load_cosmos_state_dict(model: VideoTokenizer, state_dict, part: str = "auto"
     "encoder" / "decoder"). The top-level modules the dict covers are loaded (so an encoder file
     and a decoder file load one after the other); within them every tensor must be present with
     the model's shape and every given tensor must be used, else :class:`CosmosStateDictError`
-    lists all missing, unexpected and mismatched keys (Cosmos names). Returns the loaded modules.
+    lists all missing, unexpected and mismatched keys (Cosmos names). The Haar buffers of
+    TorchScript files (:data:`HAAR_BUFFERS`) are checked and dropped (ValueError when their
+    values are not this model's). Returns the loaded modules.
     """
     if part == "autoencoder":
         part = "auto"
     sd = _with_prefix(state_dict, part)
+    bad_buffers = []
+    for key in HAAR_BUFFERS:
+        if key in sd:
+            problem = _haar_buffer_problem(key, sd.pop(key), model.config.patch_size)
+            if problem:
+                bad_buffers.append(problem)
+    if bad_buffers:
+        raise ValueError("Cosmos state dict: the Haar patcher buffers do not match this "
+                         f"{model.config.name} tokenizer (patch_size="
+                         f"{model.config.patch_size}):\n  " + "\n  ".join(bad_buffers))
     ours_to_cosmos = cosmos_key_map(model)
     cosmos_to_ours = {v: k for k, v in ours_to_cosmos.items()}
     params = model.state_dict()

@@ -276,6 +276,90 @@ def test_cosmos_loader_rejects_wrong_preset_from_manifest():
         load_cosmos_state_dict(VideoTokenizer("tiny"), {"mid.block_1.norm1.norm.weight": 0})
 
 
+class _ScriptHolder(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+HAAR_TAP = 0.7071067811865476
+
+
+def _torchscript_file(path, state_dict, buffers):
+    """A TorchScript file whose state dict is ``state_dict`` (as parameters) plus ``buffers``
+    registered the way Cosmos's patcher does (non-persistent; TorchScript still saves them)."""
+    root = _ScriptHolder()
+    for key, value in list(state_dict.items()) + list(buffers.items()):
+        *owners, leaf = key.split(".")
+        m = root
+        for name in owners:
+            if not hasattr(m, name):
+                m.add_module(name, _ScriptHolder())
+            m = getattr(m, name)
+        if key in buffers:
+            m.register_buffer(leaf, value, persistent=False)
+        else:
+            m.register_parameter(leaf, torch.nn.Parameter(value.detach().clone()))
+    torch.jit.save(torch.jit.script(root), str(path))
+    return path
+
+
+def _haar_buffers(patch_size=4, dtype=torch.float32):
+    return {"encoder.patcher3d.wavelets": torch.full((2,), HAAR_TAP, dtype=dtype),
+            "encoder.patcher3d._arange": torch.arange(2),
+            "encoder.patcher3d.patch_size_buffer": patch_size * torch.ones(1, dtype=torch.int32),
+            "decoder.unpatcher3d.wavelets": torch.full((2,), HAAR_TAP, dtype=dtype),
+            "decoder.unpatcher3d._arange": torch.arange(2)}
+
+
+def test_torchscript_files_with_haar_buffers_load(tiny, tmp_path):
+    from rgbd_world.tokenizer import load_cosmos_tokenizer
+    sd = to_cosmos_state_dict(tiny)
+    path = _torchscript_file(tmp_path / "autoencoder.jit", sd, _haar_buffers())
+    loaded = torch.jit.load(str(path)).state_dict()
+    assert {"encoder.patcher3d.patch_size_buffer", "decoder.unpatcher3d._arange"} <= set(loaded)
+    x = video(t=9, h=16, w=16)
+    m = VideoTokenizer("tiny").eval()
+    load_cosmos_state_dict(m, loaded)
+    m2 = load_cosmos_tokenizer(tmp_path, preset="tiny")  # the directory form
+    with torch.no_grad():
+        ref = tiny(x)
+        for model in (m, m2):
+            out = model(x)
+            assert torch.equal(out.latent, ref.latent)
+            assert torch.equal(out.reconstruction, ref.reconstruction)
+    # encoder.jit + decoder.jit, bf16 taps as in half-precision files, bare (unprefixed) keys
+    bufs = _haar_buffers(dtype=torch.bfloat16)
+    enc = {k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in sd.items()
+           if k.startswith(("encoder.", "quant_conv."))}
+    dec = {k[len("decoder."):] if k.startswith("decoder.") else k: v for k, v in sd.items()
+           if k.startswith(("decoder.", "post_quant_conv."))}
+    split = tmp_path / "split"
+    split.mkdir()
+    _torchscript_file(split / "encoder.jit", enc,
+                      {k[len("encoder."):]: v for k, v in bufs.items() if k.startswith("encoder.")})
+    _torchscript_file(split / "decoder.jit", dec,
+                      {k[len("decoder."):]: v for k, v in bufs.items() if k.startswith("decoder.")})
+    m3 = load_cosmos_tokenizer(split, preset="tiny")
+    with torch.no_grad():
+        assert torch.equal(m3(x).reconstruction, ref.reconstruction)
+
+
+def test_haar_buffers_are_checked_and_other_keys_still_rejected(tiny):
+    sd = to_cosmos_state_dict(tiny)
+    wrong = dict(sd, **_haar_buffers(patch_size=2))
+    with pytest.raises(ValueError, match=r"patch_size_buffer: expected the patch size 4, found"):
+        load_cosmos_state_dict(VideoTokenizer("tiny"), wrong)
+    bufs = _haar_buffers()
+    bufs["decoder.unpatcher3d.wavelets"] = torch.tensor([HAAR_TAP, -HAAR_TAP])
+    with pytest.raises(ValueError, match=r"decoder.unpatcher3d.wavelets: expected the Haar taps"):
+        load_cosmos_state_dict(VideoTokenizer("tiny"), dict(sd, **bufs))
+    extra = dict(sd, **_haar_buffers())
+    extra["encoder.patcher3d.something_else"] = torch.zeros(2)
+    with pytest.raises(CosmosStateDictError) as e:
+        load_cosmos_state_dict(VideoTokenizer("tiny"), extra)
+    assert e.value.unexpected == ["encoder.patcher3d.something_else"]
+
+
 # ----------------------------------------------------------------------------- inflation
 
 @pytest.mark.parametrize("geometry", [0, 4])
