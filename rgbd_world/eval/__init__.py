@@ -1,6 +1,8 @@
-"""Evaluation: reconstruction and depth metrics, and tokenizer evaluation on held-out clips."""
+"""Evaluation: reconstruction and depth metrics (this project's "rgbd" protocol and the published
+DepthCrafter / Marigold protocols), and tokenizer evaluation on held-out clips."""
+from .depth_protocols import PROTOCOLS, video_depth_metrics
 from .metrics import boundary_f1, depth_edges, disparity_metrics, psnr, ssim
 from .tokenizer_eval import evaluate_run, evaluate_tokenizer
 
-__all__ = ["psnr", "ssim", "disparity_metrics", "depth_edges", "boundary_f1",
-           "evaluate_tokenizer", "evaluate_run"]
+__all__ = ["psnr", "ssim", "disparity_metrics", "video_depth_metrics", "PROTOCOLS", "depth_edges",
+           "boundary_f1", "evaluate_tokenizer", "evaluate_run"]

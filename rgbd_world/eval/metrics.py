@@ -5,10 +5,13 @@
   per channel over the fully-covered ("valid") window positions, averaged; equal to
   ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=...)`` per frame.
-* :func:`disparity_metrics`: least-squares scale and shift of the predicted disparity to the
-  ground truth (per video, valid pixels, ``rgbd_kernels.align_scale_shift``), then depth
-  AbsRel and delta1 (``rgbd_kernels.abs_rel`` / ``delta1``) on depth = 1 / disparity,
-  clipped to the ground truth's depth range (Marigold's protocol).
+* :func:`disparity_metrics`: this project's own depth protocol ("rgbd"; not a published one:
+  :func:`rgbd_world.eval.video_depth_metrics` reproduces DepthCrafter's and Marigold's). Per
+  group (a clip by default): least-squares scale and shift of the predicted disparity to the
+  ground-truth disparity over the group's valid pixels (``rgbd_kernels.align_scale_shift``),
+  depth = 1 / max(aligned, 1e-8) clipped to the group's own ground-truth depth range, then
+  AbsRel and delta1 (``rgbd_kernels.abs_rel`` / ``delta1``) over all the group's valid pixels
+  at once; the result is the mean over groups. Groups never pool pixels with each other.
 * :func:`boundary_f1`: depth-boundary F1. An edge separates two valid 4-neighbours whose
   disparity ratio exceeds ``1 + threshold`` (relative gradient; both pixels of the pair are
   marked); predicted (aligned) and ground-truth edge maps are matched with a 1-pixel tolerance
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 
 from rgbd_kernels import abs_rel, align_scale_shift, delta1
 
-__all__ = ["psnr", "ssim", "disparity_metrics", "depth_edges", "boundary_f1"]
+__all__ = ["psnr", "ssim", "disparity_metrics", "rgbd_protocol", "depth_edges", "boundary_f1"]
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
@@ -77,29 +80,58 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0,
     return s.mean().float()
 
 
+_GROUP_NDIM = {"frame": 2, "clip": 3}
+
+
+def rgbd_protocol(pred_disparity: torch.Tensor, gt_disparity: torch.Tensor, valid: torch.Tensor,
+                  per: str = "clip") -> dict[str, torch.Tensor]:
+    """The "rgbd" protocol per group (module docstring). ``valid`` (bool, like the inputs) is
+    combined with finite positive ground truth and finite predictions. Returns float32 per-group
+    "abs_rel", "delta1" (NaN for a group without valid pixels; 0-d for per="all"), "scale",
+    "shift", the "aligned" disparity and the clipped "pred_depth" (like the inputs)."""
+    if per not in ("frame", "clip", "all"):
+        raise ValueError(f"per must be 'frame', 'clip' or 'all', got {per!r}")
+    aligned, s, t = align_scale_shift(pred_disparity, gt_disparity, valid, per=per)
+    use = (valid & torch.isfinite(gt_disparity) & (gt_disparity > 0)
+           & torch.isfinite(pred_disparity))
+    eps = 1e-8
+    gt_depth = torch.where(use, 1.0 / gt_disparity.float().clamp_min(eps), 0.0)
+    nd = gt_depth.dim() if per == "all" else _GROUP_NDIM[per]
+    dims = tuple(range(gt_depth.dim() - nd, gt_depth.dim()))
+    has = use.any(dim=dims, keepdim=True) if dims else use
+    lo = torch.where(use, gt_depth, torch.inf).amin(dim=dims, keepdim=True)
+    hi = torch.where(use, gt_depth, -torch.inf).amax(dim=dims, keepdim=True)
+    # a slightly negative aligned disparity must not become a depth of 1e8: predicted depth is
+    # clipped to the group's own ground-truth depth range
+    pred_depth = 1.0 / aligned.clamp_min(eps)
+    pred_depth = torch.where(has, torch.minimum(torch.maximum(pred_depth, lo), hi), pred_depth)
+    metric_per = None if per == "all" else per
+    return {"abs_rel": abs_rel(pred_depth, gt_depth, use, per=metric_per),
+            "delta1": delta1(pred_depth, gt_depth, use, per=metric_per),
+            "scale": s, "shift": t, "aligned": aligned, "pred_depth": pred_depth}
+
+
 def disparity_metrics(pred_disparity: torch.Tensor, gt_disparity: torch.Tensor,
                       valid: torch.Tensor | None = None, per: str = "clip"
                       ) -> dict[str, torch.Tensor]:
-    """AbsRel and delta1 (depth) after scale-shift alignment in disparity space.
+    """AbsRel and delta1 (depth) under this project's "rgbd" protocol (module docstring).
 
-    ``per``: alignment groups ("clip": one fit per video over (T, H, W), "frame", "all").
-    ``valid`` defaults to finite, positive ground truth. Returns the aligned disparity too.
+    pred_disparity, gt_disparity: (..., T, H, W) float (per="clip"; (..., H, W) for "frame").
+    ``per``: the groups evaluated alone ("clip": one fit and one value per video over (T, H, W),
+    "frame", "all": everything as one group). ``valid`` (bool) defaults to finite, positive
+    ground truth. Returns float32 0-d "abs_rel" and "delta1" (the mean over groups with valid
+    pixels; NaN if none) and the "aligned" disparity (like pred_disparity).
     """
-    if valid is None:
-        valid = torch.isfinite(gt_disparity) & (gt_disparity > 0)
-    valid = valid & torch.isfinite(gt_disparity) & (gt_disparity > 0)
-    aligned, _, _ = align_scale_shift(pred_disparity, gt_disparity, valid, per=per)
-    eps = 1e-8
-    gt_depth = torch.where(valid, 1.0 / gt_disparity.float().clamp_min(eps), 0.0)
-    # As in Marigold's protocol, predicted depth is clipped to the ground truth's depth range
-    # (a slightly negative aligned disparity must not become a depth of 1e8).
-    if valid.any():
-        lo, hi = gt_depth[valid].min(), gt_depth[valid].max()
-        pred_depth = (1.0 / aligned.clamp_min(eps)).clamp(lo, hi)
-    else:
-        pred_depth = 1.0 / aligned.clamp_min(eps)
-    return {"abs_rel": abs_rel(pred_depth, gt_depth, valid),
-            "delta1": delta1(pred_depth, gt_depth, valid), "aligned": aligned}
+    finite = torch.isfinite(gt_disparity) & (gt_disparity > 0)
+    valid = finite if valid is None else valid & finite
+    r = rgbd_protocol(pred_disparity, gt_disparity, valid, per=per)
+    out = {"aligned": r["aligned"]}
+    for key in ("abs_rel", "delta1"):
+        v = r[key].reshape(-1)
+        has = ~torch.isnan(v)
+        out[key] = torch.where(has.any(), torch.where(has, v, 0.0).sum() / has.sum().clamp_min(1),
+                               torch.nan)
+    return out
 
 
 def depth_edges(disparity: torch.Tensor, valid: torch.Tensor | None = None,
