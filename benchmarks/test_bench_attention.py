@@ -10,7 +10,7 @@ import torch
 from rgbd_kernels import dot_product_attention as attn_mod
 from rgbd_kernels.dot_product_attention import attention
 
-from .conftest import DEVICE, median_time, record, run_benchmark
+from .conftest import DEVICE, record_interleaved
 
 if DEVICE.type == "cuda":
     SEQS, HEADS, DIM, DTYPE = [4096, 16384, 32760], 16, 128, torch.bfloat16
@@ -47,10 +47,10 @@ def test_attention(benchmark, backend, fp8, seq, train):
         pytest.skip(f"{backend} (fp8={fp8}) not available here")
     q, k, v = (torch.randn(1, seq, HEADS, DIM, device=DEVICE, dtype=DTYPE, requires_grad=train)
                for _ in range(3))
-    fn = _step(backend, fp8, q, k, v, train)
-    seconds = run_benchmark(benchmark, fn, rounds=5)
-    base_seconds = median_time(_step(*BASELINE, q, k, v, train), repeat=3)
+    name, base = f"{backend}{' fp8' if fp8 else ''}", f"{BASELINE[0]}{' fp8' if BASELINE[1] else ''}"
+    if name == base:
+        pytest.skip("the baseline is not benchmarked against itself")
+    candidates = {name: _step(backend, fp8, q, k, v, train), base: _step(*BASELINE, q, k, v, train)}
     flops = 4 * seq * seq * HEADS * DIM * (3.5 if train else 1.0)
-    record(benchmark, seconds=seconds, reference_seconds=base_seconds, flops=flops,
-           baseline=f"{BASELINE[0]}{' fp8' if BASELINE[1] else ''}", seq=seq, heads=HEADS,
-           head_dim=DIM, dtype=str(DTYPE), fp8=fp8)
+    record_interleaved(benchmark, candidates, path=name, reference=base, rounds=5, flops=flops,
+                       seq=seq, heads=HEADS, head_dim=DIM, dtype=str(DTYPE), fp8=fp8)

@@ -17,7 +17,7 @@ from rgbd_kernels import flow_matching as fm
 from rgbd_kernels.flow_matching import (flow_interpolate, flow_interpolate_reference,
                                         flow_matching_loss, flow_matching_loss_reference)
 
-from .conftest import DEVICE, median_time, record, run_benchmark
+from .conftest import DEVICE, record, record_interleaved, run_benchmark
 
 DTYPE = torch.bfloat16
 if DEVICE.type == "cuda":
@@ -63,12 +63,16 @@ def test_flow_interpolate(benchmark, copy_bandwidth, shape, path):
                 return flow_interpolate(x0, noise, t, check_range=False)
 
     torch.testing.assert_close(fn(), reference(), rtol=2e-2, atol=2e-2)
-    seconds = run_benchmark(benchmark, fn)
-    ref_seconds = None if path == "reference" else median_time(reference)  # no self-ratio
     nbytes = 3 * x0.numel() * x0.element_size()
-    record(benchmark, seconds=seconds, reference_seconds=ref_seconds, bytes_moved=nbytes,
-           flops=3 * x0.numel(), shape=list(shape), dtype=str(DTYPE), path=path,
-           percent_of_copy_bandwidth=_percent(nbytes, seconds, copy_bandwidth))
+    info = dict(bytes_moved=nbytes, flops=3 * x0.numel(), shape=list(shape), dtype=str(DTYPE))
+    if path == "reference":  # no self-ratio: the reference row gives its absolute time only
+        seconds = run_benchmark(benchmark, fn)
+        record(benchmark, seconds=seconds, path=path, **info)
+    else:
+        record_interleaved(benchmark, {path: fn, "reference": reference}, path=path,
+                           reference="reference", **info)
+    seconds = benchmark.extra_info.get("interleaved_seconds", {}).get(path, _median(benchmark))
+    benchmark.extra_info["percent_of_copy_bandwidth"] = _percent(nbytes, seconds, copy_bandwidth)
 
 
 def _loss_step(loss_fn, v, x0, noise):
@@ -98,16 +102,21 @@ def test_flow_matching_loss_fwd_bwd(benchmark, copy_bandwidth, shape, path, monk
     (loss, grad), (ref_loss, ref_grad) = fn(), reference()
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=2e-2, atol=1e-9)
-    seconds = run_benchmark(benchmark, fn)
-    ref_seconds = None if path == "reference" else median_time(reference)  # no self-ratio
-    extra = {}
-    if path.startswith("triton"):  # the torch.compile baseline, measured in the same run
-        compiled = _compiled(flow_matching_loss_reference)
-        compiled_seconds = median_time(lambda: _loss_step(compiled, v, x0, noise))
-        extra = {"compiled_seconds": compiled_seconds,
-                 "speedup_vs_compiled": compiled_seconds / seconds if seconds == seconds
-                 else float("nan")}
     nbytes = 4 * v.numel() * v.element_size()
-    record(benchmark, seconds=seconds, reference_seconds=ref_seconds, bytes_moved=nbytes,
-           flops=6 * v.numel(), shape=list(shape), dtype=str(DTYPE), path=path,
-           percent_of_copy_bandwidth=_percent(nbytes, seconds, copy_bandwidth), **extra)
+    info = dict(bytes_moved=nbytes, flops=6 * v.numel(), shape=list(shape), dtype=str(DTYPE))
+    if path == "reference":  # no self-ratio
+        seconds = run_benchmark(benchmark, fn)
+        record(benchmark, seconds=seconds, path=path, **info)
+    else:
+        candidates = {path: fn, "reference": reference}
+        if path.startswith("triton"):  # the torch.compile baseline, interleaved in the same run
+            compiled = _compiled(flow_matching_loss_reference)
+            candidates["compiled"] = lambda: _loss_step(compiled, v, x0, noise)
+        record_interleaved(benchmark, candidates, path=path, reference="reference", **info)
+    seconds = benchmark.extra_info.get("interleaved_seconds", {}).get(path, _median(benchmark))
+    benchmark.extra_info["percent_of_copy_bandwidth"] = _percent(nbytes, seconds, copy_bandwidth)
+
+
+def _median(benchmark) -> float:
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.median if stats is not None else float("nan")

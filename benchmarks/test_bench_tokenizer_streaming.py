@@ -9,8 +9,8 @@ Tiny preset, RGB, 121 frames at 256x256 (B=1, fp32, no grad), encode + decode:
   ``iter_decode(iter_encode(chunks))``, each reconstructed chunk consumed before the next, at
   41 and 121 frames: the long-video use, where nothing holds the whole video.
 
-Time: pytest-benchmark times the streaming path (1 round: each pass takes seconds on CPU);
-the whole-video path is timed once in the same run (``reference_seconds``).
+Time: the streaming and whole-video paths are timed interleaved, 3 rounds each (each pass takes
+seconds on CPU); ``speedup_vs_reference`` is whole / streaming with the spread of the rounds.
 
 Peak memory: the PyTorch profiler with ``profile_memory=True`` records every allocation and
 free of the CPU allocator (kineto ``[memory]`` events, bytes signed); the peak of their running
@@ -24,15 +24,13 @@ Run: ``pytest benchmarks/test_bench_tokenizer_streaming.py --benchmark-only``.
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from rgbd_world.tokenizer import VideoTokenizer
 
-from .conftest import DEVICE, record, run_benchmark
+from .conftest import DEVICE, record, record_interleaved, run_benchmark
 
 FRAMES, SIZE = 121, 256
 
@@ -73,12 +71,12 @@ def test_tokenizer_streaming_vs_whole(benchmark, chunk_frames):
     assert err <= 1e-5, err
     del y_whole, y_stream
 
-    t0 = time.perf_counter()
-    whole()
-    whole_seconds = time.perf_counter() - t0
-    seconds = run_benchmark(benchmark, streaming, rounds=1)
+    record_interleaved(benchmark, {"streaming": streaming, "whole": whole}, path="streaming",
+                       reference="whole", rounds=3, benchmark_rounds=1)
+    timed = benchmark.extra_info.get("interleaved_seconds", {})
+    seconds, whole_seconds = timed.get("streaming", float("nan")), timed.get("whole", float("nan"))
     out_bytes = x.numel() * x.element_size()
-    record(benchmark, seconds=seconds, reference_seconds=whole_seconds,
+    benchmark.extra_info.update(
            frames=FRAMES, size=SIZE, chunk_frames=chunk_frames,
            peak_MB_whole=peak_whole / 2**20, peak_MB_streaming=peak_stream / 2**20,
            peak_ratio_streaming_over_whole=peak_stream / peak_whole,
