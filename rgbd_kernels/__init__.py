@@ -17,6 +17,10 @@ from .backend import (BACKENDS, BackendUnavailableError, available_backends, get
 from .disparity import (abs_rel, align_scale_shift, delta1, denormalize_disparity,
                         depth_to_disparity, normalize_disparity)
 
+from ._lazy_dynamo import defer_dynamo_import as _defer_dynamo_import
+
+_defer_dynamo_import()  # an op's first call must not import torch._dynamo (see _lazy_dynamo)
+
 __version__ = "0.1.0"
 
 __all__ = [
