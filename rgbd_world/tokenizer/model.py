@@ -243,6 +243,18 @@ class VideoTokenizer(nn.Module):
         return (self.latent_channels, latent_frames(frames, self.temporal_compression),
                 height // sc, width // sc)
 
+    # -- diffusers interop (rgbd_world.tokenizer.diffusers_compat)
+    @classmethod
+    def from_diffusers(cls, vae) -> "VideoTokenizer":
+        """The tokenizer of a diffusers ``AutoencoderKLCosmos`` (same weights and outputs)."""
+        from .diffusers_compat import tokenizer_from_diffusers
+        return tokenizer_from_diffusers(vae)
+
+    def to_diffusers(self, **config_overrides):
+        """This tokenizer as a diffusers ``AutoencoderKLCosmos`` (same weights and outputs)."""
+        from .diffusers_compat import tokenizer_to_diffusers
+        return tokenizer_to_diffusers(self, **config_overrides)
+
     # -- checks
     def _check_video(self, x: torch.Tensor, what: str = "x") -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 5:
