@@ -21,8 +21,19 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and exc.filename not in text:
+        text += f" ({exc.filename})"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 a setup problem (bad config value, unusable run directory or
+    checkpoint, a failed write such as a full disk), 3 the run diverged. Each failure is one
+    line on stderr; ``RGBD_TRAIN_TRACEBACK=1`` raises instead, to show where."""
     args = build_parser().parse_args(argv)
+    show_traceback = os.environ.get("RGBD_TRAIN_TRACEBACK", "0") not in ("", "0")
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -35,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"train.py: {exc}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        # set up wrong (a missing run directory, a mismatched cache, ...): the message says what
-        # to change; RGBD_TRAIN_TRACEBACK=1 shows where it was raised
-        if os.environ.get("RGBD_TRAIN_TRACEBACK", "0") not in ("", "0"):
+    except (ValueError, OSError) as exc:
+        # set up wrong (a bad value, a missing run directory, a mismatched cache or checkpoint)
+        # or the filesystem refused a write (full, read-only): the message says what to change
+        if show_traceback:
             raise
-        print(f"train.py: error: {exc}", file=sys.stderr)
+        print(f"train.py: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     if summary.get("rank", 0) == 0:  # one summary line per run, not per process
         print(json.dumps({"done": summary["step"], "checkpoint": summary["checkpoint"],

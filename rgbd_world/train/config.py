@@ -2,12 +2,14 @@
 
 ``load_config("tiny-cpu", ["optim.lr=3e-4", "run.steps=50"])`` reads ``configs/tiny-cpu.toml``
 (or any path to a .toml file), applies the overrides (values parsed as TOML: numbers, booleans,
-strings, lists) and checks every key against :data:`DEFAULTS`, so a typo is an error that names
-the key instead of a silently ignored setting.
+strings, lists) and checks every key against :data:`DEFAULTS` and every number against
+:data:`RANGES`, so a typo or an impossible value is an error that names the key and the value
+instead of a silently ignored setting or a crash mid-run.
 """
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -44,6 +46,41 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("parallel", "strategy"): ("ddp", "fsdp"),
     ("parallel", "precision"): ("auto", "bf16", "fp32"),
+    ("run", "device"): ("auto", "cpu", "cuda"),
+}
+
+
+def _within(low: float, high: float = math.inf, *, open_low: bool = False,
+            open_high: bool = False):
+    """(test, description) of a number in [low, high] (ends open when asked); NaN never fits."""
+    def test(v) -> bool:
+        return (v > low if open_low else v >= low) and (v < high if open_high else v <= high) \
+            and not math.isnan(v)
+    lo = f"> {low}" if open_low else f">= {low}"
+    if high == math.inf:
+        desc = f"a finite number {lo}" if open_high else lo
+    else:
+        desc = f"{lo} and {'<' if open_high else '<='} {high}"
+    return test, desc
+
+
+_POSITIVE, _NONNEG = _within(1), _within(0)
+_FINITE_NONNEG = _within(0, open_high=True)
+
+# Numeric keys and the values they accept (a value outside is a ConfigError naming the key).
+RANGES: dict[str, tuple[Any, str]] = {
+    "run.steps": _POSITIVE, "run.seed": _NONNEG, "run.log_every": _POSITIVE,
+    "run.ckpt_every": _POSITIVE, "run.keep_checkpoints": _within(0),  # 0: keep every checkpoint
+    "run.sample_every": _NONNEG,  # 0: no samples
+    "run.max_consecutive_nonfinite": _NONNEG,  # 0: never stop on skipped steps
+    "data.num_clips": _POSITIVE, "data.frames": _POSITIVE, "data.height": _POSITIVE,
+    "data.width": _POSITIVE, "data.batch_size": _POSITIVE, "data.num_workers": _NONNEG,
+    "optim.lr": _within(0, open_low=True, open_high=True),
+    "optim.weight_decay": _FINITE_NONNEG, "optim.warmup_steps": _NONNEG,
+    "optim.min_lr_ratio": _within(0, 1), "optim.grad_clip": _within(0, open_low=True),
+    "optim.ema_decay": _within(0, 1),
+    **{f"loss.{k}": _FINITE_NONNEG for k in ("rgb_l1", "disparity_l1", "gradient_matching",
+                                             "distill", "perceptual")},
 }
 
 
@@ -97,8 +134,26 @@ def _merge(base: dict, update: dict, where: str) -> None:
             base[key] = value
 
 
+def validate_config(cfg: dict[str, dict[str, Any]]) -> None:
+    """Check values, not only types: the ranges of :data:`RANGES` and ``optim.betas`` (two
+    numbers in [0, 1)). Raises :class:`ConfigError` naming the key and the value."""
+    for dotted, (test, desc) in RANGES.items():
+        section, key = dotted.split(".")
+        value = cfg.get(section, {}).get(key)
+        if value is not None and not test(value):
+            raise ConfigError(f"config key '{dotted}' must be {desc}, got {value!r}")
+    betas = cfg.get("optim", {}).get("betas")
+    if betas is not None and not (
+            isinstance(betas, list) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                    for b in betas)):
+        raise ConfigError(f"config key 'optim.betas' must be two numbers in [0, 1) like "
+                          f"[0.9, 0.99], got {betas!r}")
+
+
 def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """The merged config: defaults <- file <- ``section.key=value`` overrides."""
+    """The merged config: defaults <- file <- ``section.key=value`` overrides, checked by
+    :func:`validate_config`."""
     cfg = copy.deepcopy(DEFAULTS)
     path = _resolve_path(name)
     with open(path, "rb") as f:
@@ -111,4 +166,5 @@ def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[
         if len(parts) != 2:
             raise ConfigError(f"override key {dotted!r} must be section.key (e.g. optim.lr)")
         _merge(cfg, {parts[0]: {parts[1]: _parse_value(text.strip())}}, "")
+    validate_config(cfg)
     return cfg

@@ -35,6 +35,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
         raise ValueError(f"run.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device='cuda' but CUDA is not available here (torch "
+                         f"{torch.__version__}, CUDA build {torch.version.cuda}); use "
+                         "run.device=cpu or auto")
+    if device == "cuda" and local_rank >= torch.cuda.device_count():
+        raise ValueError(f"run.device='cuda': LOCAL_RANK={local_rank} but only "
+                         f"{torch.cuda.device_count()} GPU(s) are visible")
     dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

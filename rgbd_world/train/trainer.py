@@ -3,7 +3,8 @@
 One function, :func:`train`, runs a :class:`~rgbd_world.train.stages.Stage` (tokenizer,
 tokenizer-rgb, dit) for ``run.steps`` optimizer steps: AdamW + warmup/cosine, gradient clipping,
 EMA, DDP or FSDP2, bf16 autocast on GPU, checkpoints (atomic, resumable bit-for-bit on CPU), a
-non-finite-loss guard, a progress bar, ``metrics.jsonl`` (one line per step) and TensorBoard.
+guard that skips steps with a non-finite loss or gradient norm and never checkpoints non-finite
+weights, a progress bar, ``metrics.jsonl`` (one line per step) and TensorBoard.
 """
 from __future__ import annotations
 
@@ -22,16 +23,19 @@ from torch.utils.data import DataLoader
 from rgbd_kernels._nvtx import nvtx_range
 
 from . import _faults
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_step, complete_checkpoints, restore_rng, save_checkpoint
 from .distributed import DistInfo, all_reduce_mean, init_distributed, shutdown, wrap_model
 from .ema import init_ema, update_ema
+from .resume import resume_checkpoint
+from .run_dir import prepare_run_dir, trim_metrics, write_json_atomic
 from .sampler import SeededSamples, StepBatchSampler
 from .schedule import warmup_cosine
 from .throughput import throughput
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite losses; the last good state was checkpointed."""
+    """Too many consecutive skipped steps (non-finite loss or gradient norm), or weights that
+    became non-finite; the message names the newest checkpoint with finite weights."""
 
 
 def _seed_everything(seed: int) -> None:
@@ -50,13 +54,16 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _trim_metrics(path: Path, last_step: int) -> None:
-    """Drop lines logged after ``last_step`` by a run that died before its next checkpoint."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _all_finite(tensors) -> bool:
+    """Whether every floating-point tensor (this rank's shard of a DTensor) is finite on every
+    rank (collective; one device sync)."""
+    flags = [torch.isfinite(_local(t).detach()).all() for t in tensors if t.is_floating_point()]
+    ok = torch.stack(flags).all().float().reshape(1).cpu() if flags else torch.ones(1)
+    return all_reduce_mean(ok).item() == 1.0
 
 
 class _Logger:
@@ -99,13 +106,25 @@ class _Logger:
 
 
 def train(stage_name: str, cfg: dict[str, dict[str, Any]], resume: bool = False) -> dict[str, Any]:
-    """Run training; returns a summary (final step, last loss, counters, checkpoint path)."""
+    """Run training; returns a summary (final step, last loss, counters, checkpoint path).
+
+    Raises ValueError (a ConfigError, a CheckpointError, a run directory that cannot be used),
+    FileExistsError (checkpoints there without ``resume``), OSError (a failed write) or
+    :class:`TrainingDiverged`; each message is one line saying what to change."""
+    from .config import validate_config
     from .stages import build_stage
 
+    validate_config(cfg)
     run, optim_cfg, par = cfg["run"], cfg["optim"], cfg["parallel"]
     info = init_distributed(run["device"])
     out_dir = Path(run["out_dir"])
+    logger = None
     try:
+        prepare_run_dir(out_dir)  # every rank: the same error everywhere, no rank left waiting
+        newest = next(iter(complete_checkpoints(out_dir)), None)
+        if newest is not None and not resume:
+            raise FileExistsError(f"{out_dir} already holds checkpoints (newest {newest.name}); "
+                                  "pass --resume to continue it, or choose another run.out_dir")
         _seed_everything(run["seed"])  # the same initial weights on every rank (FSDP2 shards them)
         stage = build_stage(stage_name, cfg, info)
         if par["fp8"] and not stage.supports_fp8:
@@ -129,38 +148,46 @@ def train(stage_name: str, cfg: dict[str, dict[str, Any]], resume: bool = False)
                                   optim_cfg["min_lr_ratio"])
         ema = init_ema(model)
 
-        start_step, counters = 0, {"nonfinite_total": 0}
-        ckpt = latest_checkpoint(out_dir)
-        if ckpt is not None and not resume:
-            raise FileExistsError(f"{out_dir} already holds checkpoints (newest {ckpt.name}); pass "
-                                  "--resume to continue it, or choose another run.out_dir")
-        if resume and ckpt is not None:
-            state = load_checkpoint(ckpt, model, optimizer, scheduler, ema, info)
-            start_step, counters = state["step"], state["counters"]
-            if info.is_main:
-                print(f"resuming from {ckpt} (step {start_step})", flush=True)
+        start_step, counters, rng = 0, {"nonfinite_total": 0}, None
+        if resume:
+            ckpt = resume_checkpoint(out_dir, stage_name, cfg, model, optimizer, scheduler, ema,
+                                     info)
+            if ckpt is not None:
+                start_step, rng = ckpt.step, ckpt.rng
+                counters = {**counters, **ckpt.trainer.get("counters", {})}
+                if info.is_main:
+                    print(f"resuming from {ckpt.path} (step {start_step})", flush=True)
         if info.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.json").write_text(json.dumps({"stage": stage_name, **cfg}, indent=1))
-            (out_dir / "model_config.json").write_text(json.dumps(stage.model_config(), indent=1))
-            _trim_metrics(out_dir / "metrics.jsonl", start_step)
+            write_json_atomic(out_dir / "config.json", {"stage": stage_name, **cfg})
+            write_json_atomic(out_dir / "model_config.json", stage.model_config())
+            trim_metrics(out_dir / "metrics.jsonl", start_step)
 
         dataset = stage.build_dataset()
         sampler = StepBatchSampler(len(dataset), cfg["data"]["batch_size"], info.rank,
                                    info.world_size, run["seed"], start_step, run["steps"])
+        # its own generator: making the iterator draws a worker base seed, which must not come
+        # from (and shift) the global RNG that the steps draw noise from
         loader = DataLoader(SeededSamples(dataset), batch_sampler=sampler,
                             num_workers=cfg["data"]["num_workers"], collate_fn=stage.collate,
-                            persistent_workers=False)
+                            persistent_workers=False,
+                            generator=torch.Generator().manual_seed(run["seed"]))
         logger = _Logger(out_dir, info, start_step, run["steps"], run["log_every"])
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (
             info.device.type == "cuda" and par["precision"] in ("auto", "bf16")) else None
 
-        def checkpoint(step: int) -> Path:
+        def good_checkpoint(step: int) -> Path | None:
+            """Checkpoint the live state if its weights and EMA are finite (else write nothing);
+            returns the newest checkpoint with finite weights, or None."""
+            if not _all_finite([*model.parameters(), *ema.values()]):
+                return next(iter(complete_checkpoints(out_dir)), None)
             return save_checkpoint(out_dir, step, model, optimizer, scheduler, ema,
                                    {"counters": counters}, info, keep=run["keep_checkpoints"])
 
+        limit = run["max_consecutive_nonfinite"]  # 0: never stop
         consecutive, step, last = 0, start_step, {}
         data_iter = iter(loader)
+        if rng is not None:  # last thing before the first step: nothing may draw in between
+            restore_rng(rng)
         t_prev = time.perf_counter()
         while step < run["steps"]:
             with nvtx_range("train.data"):
@@ -173,36 +200,46 @@ def train(stage_name: str, cfg: dict[str, dict[str, Any]], resume: bool = False)
                 else:
                     loss, terms = stage.compute_loss(wrapped, batch)
             finite = all_reduce_mean(torch.isfinite(loss.detach()).float().reshape(1)).item() == 1.0
+            grad_norm, skipped = torch.tensor(float("nan")), "loss"
             if finite:
                 with nvtx_range("train.backward"):
                     loss.backward()
                 with nvtx_range("train.optimizer"):
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, optim_cfg["grad_clip"])
-                    optimizer.step()
-                    scheduler.step()
-                    update_ema(ema, model, optim_cfg["ema_decay"], step)
-                consecutive = 0
-            else:  # skip the update, keep the last good weights
-                grad_norm = torch.tensor(float("nan"))
+                    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+                        grad_norm = grad_norm.full_tensor()
+                    grad_norm = grad_norm.detach().float().cpu()
+                    if all_reduce_mean(torch.isfinite(grad_norm).float().reshape(1)).item() == 1.0:
+                        optimizer.step()
+                        scheduler.step()
+                        update_ema(ema, model, optim_cfg["ema_decay"], step)
+                        skipped = ""
+                    else:
+                        skipped = "gradient norm"
+            if skipped:  # skip the update, keep the last good weights
                 counters["nonfinite_total"] += 1
                 consecutive += 1
+            else:
+                consecutive = 0
             optimizer.zero_grad(set_to_none=True)
             now = time.perf_counter()
             reduced = {k: all_reduce_mean(v.detach().float()).item() for k, v in terms.items()}
             last = {"step": step, "loss": all_reduce_mean(loss.detach().float()).item(), **reduced,
                     "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                    "skipped": not finite, "nonfinite_total": counters["nonfinite_total"],
+                    "skipped": bool(skipped), "nonfinite_total": counters["nonfinite_total"],
                     **throughput(stage, now - t_prev, info.device, info.world_size)}
             t_prev = now
             logger.step(last)
-            if not finite and info.is_main:
-                print(f"step {step}: non-finite loss, update skipped "
+            if skipped and info.is_main:
+                print(f"step {step}: non-finite {skipped}, update skipped "
                       f"({consecutive} in a row, {counters['nonfinite_total']} in total)", flush=True)
-            if consecutive >= run["max_consecutive_nonfinite"]:
-                path = checkpoint(step)
+            if limit and consecutive >= limit:
+                path = good_checkpoint(step)
+                good = (f"The last good weights are in {path}" if path
+                        else "No checkpoint holds finite weights")
                 raise TrainingDiverged(
-                    f"{consecutive} consecutive non-finite losses at step {step}: stopping. The "
-                    f"last good weights are in {path}; lower optim.lr or check the data.")
+                    f"{consecutive} consecutive non-finite losses or gradient norms at step "
+                    f"{step}: stopping. {good}; lower optim.lr or check the data.")
             _faults.maybe_crash("step", step)
             if run["sample_every"] and step % run["sample_every"] == 0 and (
                     info.is_main or par["strategy"] == "fsdp"):  # FSDP: all ranks gather shards
@@ -210,10 +247,17 @@ def train(stage_name: str, cfg: dict[str, dict[str, Any]], resume: bool = False)
                                   out_dir)
             if step % run["ckpt_every"] == 0 or step == run["steps"]:
                 with nvtx_range("train.checkpoint"):
-                    checkpoint(step)
-        logger.close()
-        final = latest_checkpoint(out_dir)
+                    path = good_checkpoint(step)
+                if path is None or checkpoint_step(path) != step:
+                    good = (f"The last good weights are in {path}" if path
+                            else "No checkpoint holds finite weights")
+                    raise TrainingDiverged(
+                        f"the weights became non-finite by step {step} (the losses and gradient "
+                        f"norms were finite): not checkpointing them. {good}; lower optim.lr.")
+        final = next(iter(complete_checkpoints(out_dir)), None)
         return {"step": step, "last": last, "counters": counters, "rank": info.rank,
                 "checkpoint": os.fspath(final) if final else None}
     finally:
+        if logger is not None:
+            logger.close()  # ends the progress bar's line before any error message
         shutdown()
