@@ -29,7 +29,9 @@ A batch of clips never pools pixels: every clip is evaluated alone and the batch
 mean of the per-clip values (over clips with evaluated pixels). A least-squares fit with fewer
 than two distinct predictions takes the minimum-norm solution (as numpy's ``lstsq`` does; the
 "rgbd" protocol keeps ``align_scale_shift``'s own rule). The published protocols compute in
-float64.
+float64, the fit centred: it is the exact least-squares solution, which numpy's ``lstsq`` (what
+the published scripts call) matches to ~1e-9 except on nearly collinear inputs (predictions like
+1e6 + small variations), where its default rank cutoff falls back to the minimum-norm answer.
 """
 from __future__ import annotations
 
