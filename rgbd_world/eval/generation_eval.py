@@ -1,7 +1,11 @@
 """Evaluation of generation on held-out procedural clips (exact depth, known cameras).
 
-* RGB video -> RGBD: AbsRel and delta1 of the generated disparity against the exact ground
-  truth (scale-shift aligned per clip, :func:`disparity_metrics`).
+* RGB video -> RGBD: AbsRel and delta1 of the generated depth against the exact ground truth,
+  under two protocols: ``video_abs_rel``, ``video_delta1`` are this project's own ("rgbd",
+  :func:`disparity_metrics` on the generated normalized disparity, aligned per clip);
+  ``video_abs_rel_depthcrafter``, ``video_delta1_depthcrafter`` are DepthCrafter's published
+  video protocol (:func:`video_depth_metrics`) on what the pipeline exports: the disparity
+  1 / ``out.depth``, with the depth range (1e-3, ``PROCEDURAL_MAX_DEPTH``) m.
 * TAE (temporal alignment error): the aligned generated depth of frame i, moved into frame i+1
   with the true intrinsics and poses, against frame i+1's generated depth (mean relative
   disparity error; the ground truth's own TAE is reported beside it: moving objects and
@@ -19,7 +23,9 @@ import torch
 
 import rgbd_kernels as rk
 
+from .depth_protocols import video_depth_metrics
 from .metrics import disparity_metrics
+from .tokenizer_eval import PROCEDURAL_MAX_DEPTH
 
 
 def _tae(disparity: torch.Tensor, K: torch.Tensor, poses: torch.Tensor) -> float:
@@ -55,7 +61,11 @@ def evaluate_generation(pipe, num_clips: int = 4, steps: int = 10, seed: int = 1
         gt_disp, valid = rk.depth_to_disparity(clip["depth"][0])
         m = disparity_metrics(out.disparity[None], gt_disp[None], valid[None])
         aligned = m["aligned"][0]
+        dc = video_depth_metrics((1.0 / out.depth)[None], clip["depth"][0][None], valid[None],
+                                 protocol="depthcrafter", max_depth=PROCEDURAL_MAX_DEPTH)
         values = {"video_abs_rel": m["abs_rel"].item(), "video_delta1": m["delta1"].item(),
+                  "video_abs_rel_depthcrafter": dc["abs_rel"].item(),
+                  "video_delta1_depthcrafter": dc["delta1"].item(),
                   "tae": _tae(aligned.clamp_min(1e-6), clip["K"], clip["poses"]),
                   "tae_ground_truth": _tae(gt_disp.where(valid, torch.zeros_like(gt_disp)),
                                            clip["K"], clip["poses"])}

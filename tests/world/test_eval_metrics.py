@@ -83,3 +83,66 @@ def test_boundary_f1_hand_cases():
     assert boundary_f1(3 * gt + 1, gt)["f1"].item() == 1.0           # alignment first
     flat = torch.rand(1, 12, 16) * 0.01 + 1
     assert boundary_f1(flat, gt, align=False)["f1"].item() == 0.0
+
+
+@pytest.fixture(scope="module")
+def held_out_clips(tmp_path_factory):
+    from rgbd_world.data import generate_dataset
+
+    root = tmp_path_factory.mktemp("eval-clips")
+    generate_dataset(root, 2, frames=9, height=32, width=32, seed=7, progress=False)
+    return root
+
+
+def test_evaluate_tokenizer_reports_depthcrafter_on_the_exported_disparity(held_out_clips):
+    import rgbd_kernels as rk
+    from rgbd_world.data import RGBDVideoDataset
+    from rgbd_world.eval import evaluate_tokenizer, video_depth_metrics
+    from rgbd_world.eval.tokenizer_eval import PROCEDURAL_MAX_DEPTH
+    from rgbd_world.pipeline import relative_depth
+    from rgbd_world.tokenizer import VideoTokenizer
+
+    torch.manual_seed(0)
+    model = VideoTokenizer("tiny", in_channels=4).eval()
+    ds = RGBDVideoDataset(held_out_clips, frames=9, size=(32, 32), augment=False)
+    got = evaluate_tokenizer(model, ds, max_clips=2, progress=False)
+    assert {"abs_rel", "delta1", "boundary_f1", "abs_rel_depthcrafter",
+            "delta1_depthcrafter"} <= set(got)
+    ours, theirs = [], []
+    with torch.no_grad():
+        for i in range(2):
+            clip = ds[i]
+            recon = model(torch.cat([clip["rgb"], clip["disparity"]])[None]).reconstruction
+            gt_disp, valid = rk.depth_to_disparity(clip["depth"])
+            valid = valid & clip["valid"]
+            ours.append(disparity_metrics(recon[:, 3], gt_disp, valid)["abs_rel"].item())
+            exported = 1.0 / relative_depth(recon[0, 3])     # what the pipeline writes out
+            theirs.append(video_depth_metrics(exported[None], clip["depth"], valid,
+                                              max_depth=PROCEDURAL_MAX_DEPTH)["abs_rel"].item())
+    assert got["abs_rel"] == pytest.approx(np.mean(ours), rel=1e-5)
+    assert got["abs_rel_depthcrafter"] == pytest.approx(np.mean(theirs), rel=1e-5)
+
+
+def test_evaluate_generation_reports_depthcrafter_on_the_exported_depth(tmp_path):
+    from pathlib import Path
+
+    import rgbd_kernels as rk
+    from rgbd_world.data import RGBDVideoDataset
+    from rgbd_world.eval import video_depth_metrics
+    from rgbd_world.eval.generation_eval import evaluate_generation
+    from rgbd_world.eval.tokenizer_eval import PROCEDURAL_MAX_DEPTH
+    from rgbd_world.pipeline import RGBDPipeline
+
+    pipe = RGBDPipeline.from_pretrained(Path(__file__).resolve().parents[2] / "assets" / "tiny-rgbd")
+    got = evaluate_generation(pipe, num_clips=1, steps=2, data_dir=tmp_path, text_mode=False)
+    d = pipe.defaults
+    clip = RGBDVideoDataset(tmp_path, frames=d["num_frames"], size=(d["height"], d["width"]),
+                            augment=False)[0]
+    video = ((clip["rgb"].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    out = pipe(prompt=clip["caption"], video=video.numpy(), steps=2, seed=0, progress=False)
+    _, valid = rk.depth_to_disparity(clip["depth"][0])
+    want = video_depth_metrics((1.0 / out.depth)[None], clip["depth"][0][None], valid[None],
+                               max_depth=PROCEDURAL_MAX_DEPTH)
+    assert got["video_abs_rel_depthcrafter"] == pytest.approx(want["abs_rel"].item(), rel=1e-6)
+    assert got["video_delta1_depthcrafter"] == pytest.approx(want["delta1"].item(), rel=1e-6)
+    assert {"video_abs_rel", "video_delta1"} <= set(got)
