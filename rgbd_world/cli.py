@@ -1,13 +1,36 @@
-"""Command line entry point: ``rgbd-world <command> ...``."""
+"""Command line entry point: ``rgbd-world <command> ...``.
+
+Failures end in one line on stderr, ``rgbd-world <command>: error: <message>``: bad input (an
+argument out of range, a missing or unreadable file, a directory that cannot take the output)
+names the argument, the value and what is allowed, and exits with code 2; other failures exit
+with code 1 (an interrupted run with 130). ``RGBD_TRACEBACK=1`` (or the older
+``RGBD_TRAIN_TRACEBACK=1``) shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from rgbd_world.validation import (InvalidArgument, check_device, check_finite, check_int,
+                                   check_output_dir, check_seed)
+
+TRACEBACK_VARIABLES = ("RGBD_TRACEBACK", "RGBD_TRAIN_TRACEBACK")
+EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (exit code 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} "
+                                  f"(see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rgbd-world", description=__doc__)
+    parser = OneLineParser(prog="rgbd-world", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="print versions and which kernel backends can run here")
     info.set_defaults(func=_info)
@@ -29,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="saved RGBDPipeline directory (default: the shipped tiny checkpoint)")
         if with_prompt:
             p.add_argument("--prompt", default="", help="text prompt")
-        p.add_argument("--out", default="outputs", help="output directory")
+        p.add_argument("--out", default=f"outputs/{p.prog.split()[-1]}",
+                       help="output directory (replaced by the new set; default: %(default)s)")
         p.add_argument("--frames", type=int, default=None, help="1 + 8k frames")
         p.add_argument("--height", type=int, default=None)
         p.add_argument("--width", type=int, default=None)
@@ -72,14 +96,46 @@ def build_parser() -> argparse.ArgumentParser:
 DEFAULT_PIPELINE = Path(__file__).resolve().parent.parent / "assets" / "tiny-rgbd"
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from rgbd_world.export import write_outputs
+def _load_pipeline(args: argparse.Namespace, device: str = "cpu"):
+    """``--pipeline`` loaded; any problem with it is an InvalidArgument naming ``--pipeline``."""
     from rgbd_world.pipeline import RGBDPipeline
 
-    pipe = RGBDPipeline.from_pretrained(args.pipeline, device=args.device)
-    out = pipe(prompt=getattr(args, "prompt", ""), image=args.image, video=args.video,
-               num_frames=args.frames, height=args.height, width=args.width, steps=args.steps,
-               guidance=args.guidance, seed=args.seed)
+    try:
+        return RGBDPipeline.from_pretrained(args.pipeline, device=device)
+    except (ValueError, OSError) as err:
+        if isinstance(err, InvalidArgument):
+            raise
+        raise InvalidArgument("pipeline", args.pipeline, "a directory written by "
+                              "RGBDPipeline.save_pretrained (or rgbd-world demo)",
+                              " ".join(str(err).split())) from None
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from rgbd_world.export import check_output_set_dir, write_outputs
+
+    device = check_device(args.device)
+    for name in ("frames", "height", "width", "steps"):  # omitted: the pipeline's default
+        if getattr(args, name) is not None:
+            check_int(name, getattr(args, name), 1)
+    if args.guidance is not None:
+        check_finite("guidance", args.guidance)
+    check_seed(args.seed)
+    check_int("ply_frame", args.ply_frame, 0)
+    for name in ("image", "video"):
+        path = getattr(args, name)
+        if path is not None and not Path(path).is_file():
+            raise InvalidArgument(name, path, "an existing image or video file",
+                                  "no such file" if not Path(path).exists() else "not a file")
+    check_output_set_dir(args.out, "out")
+    pipe = _load_pipeline(args, device)
+    call = {"prompt": getattr(args, "prompt", ""), "image": args.image, "video": args.video,
+            "num_frames": args.frames, "height": args.height, "width": args.width,
+            "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
+    resolved = pipe.check_arguments(**call)
+    if args.ply_frame >= resolved["num_frames"]:
+        raise InvalidArgument("ply_frame", args.ply_frame,
+                              f"a frame in [0, {resolved['num_frames'] - 1}]")
+    out = pipe(**call)
     paths = write_outputs(out, args.out, ply_frame=args.ply_frame)
     for kind, path in paths.items():
         print(f"{kind:14s} {path}")
@@ -90,9 +146,12 @@ def _eval_generation(args: argparse.Namespace) -> int:
     import json
 
     from rgbd_world.eval.generation_eval import evaluate_generation
-    from rgbd_world.pipeline import RGBDPipeline
 
-    pipe = RGBDPipeline.from_pretrained(args.pipeline)
+    check_int("num_clips", args.num_clips, 1)
+    check_int("steps", args.steps, 1)
+    if args.data is not None:
+        check_output_dir("data", args.data)
+    pipe = _load_pipeline(args)
     metrics = evaluate_generation(pipe, num_clips=args.num_clips, steps=args.steps,
                                   data_dir=args.data, text_mode=not args.no_text_mode)
     for key, value in metrics.items():
@@ -104,6 +163,8 @@ def _eval_generation(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from rgbd_world.demo import run_demo
 
+    check_int("steps", args.steps, 1)
+    check_output_dir("out", args.out)
     run_demo(Path(args.out), steps=args.steps, skip_training=args.skip_training, prompt=args.prompt)
     return 0
 
@@ -113,6 +174,15 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
 
     from rgbd_world.eval import evaluate_run
 
+    check_int("num_clips", args.num_clips, 1)
+    check_device(args.device)
+    run = Path(args.run)
+    if not (run / "config.json").is_file():
+        raise InvalidArgument("run", args.run, "a run directory of train.py --stage "
+                              "tokenizer[-rgb]", "no such directory" if not run.exists()
+                              else "it has no config.json")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise InvalidArgument("data", args.data, "a dataset directory", "no such directory")
     metrics = evaluate_run(args.run, args.data, args.num_clips, args.device, ema=not args.no_ema)
     for key, value in metrics.items():
         print(f"{key:12s} {value:.4f}" if isinstance(value, float) else f"{key:12s} {value}")
@@ -135,13 +205,64 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+# CLI flags whose destination differs from the Python argument a validator names
+_FLAG_OF = {"num_frames": "frames", "out_dir": "out", "directory": "out"}
+
+
+def _flag(name: str, args: argparse.Namespace) -> str:
+    """The command-line flag of a Python argument name (``num_frames`` -> ``--frames``)."""
+    dest = name if hasattr(args, name) else _FLAG_OF.get(name, name)
+    return "--" + dest.replace("_", "-") if hasattr(args, dest) else name
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 600 else text[:600] + " ..."
+
+
+def run_command(args: argparse.Namespace, prog: str = "rgbd-world") -> int:
+    """Run ``args.func(args)`` under the one error handler of every command (see the module
+    docstring); returns the exit code."""
+    import subprocess
+
+    command = f"{prog} {args.command}" if getattr(args, "command", None) else prog
+    show = any(os.environ.get(v, "0") not in ("", "0") for v in TRACEBACK_VARIABLES)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if show:
+            raise
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - the one handler: one line, a meaningful exit code
+        if show:
+            raise
+        if isinstance(err, InvalidArgument):
+            message, code = err.format(_flag(err.argument, args)), EXIT_BAD_INPUT
+        elif isinstance(err, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                              IsADirectoryError, PermissionError)):
+            message, code = _one_line(err), EXIT_BAD_INPUT
+        elif isinstance(err, subprocess.CalledProcessError):
+            message = f"{' '.join(map(str, err.cmd[:6]))} ... failed with exit code " \
+                      f"{err.returncode} (its messages are above)"
+            code = EXIT_FAILED
+        elif isinstance(err, OSError):
+            message, code = _one_line(err), EXIT_FAILED
+        else:
+            message = f"{type(err).__name__}: {_one_line(err)} (unexpected; " \
+                      f"{TRACEBACK_VARIABLES[0]}=1 shows the traceback)"
+            code = EXIT_FAILED
+        print(f"{command}: error: {message}", file=sys.stderr)
+        return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    return args.func(args)
+        return EXIT_BAD_INPUT
+    return run_command(args)
 
 
 if __name__ == "__main__":

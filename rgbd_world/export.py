@@ -7,10 +7,18 @@
   pointcloud_frame<k>.ply                           coloured point cloud of frame k
 Disparity PNGs map the clip's [min, max] normalized disparity onto 0..65535 (the range is in
 the npz as ``disparity_png_range``).
+
+The set is written atomically: everything is checked first, the files go into a temporary
+directory ``.<out>.tmp-<pid>@<host>`` beside ``out_dir``, which then replaces ``out_dir`` in one
+rename. A reader sees the old complete set or the new one, never a mix (no stale frames of an
+earlier, longer result); a killed run leaves only its temporary directory, which the next run
+removes. An existing ``out_dir`` is replaced only if it holds nothing but such a set.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +54,89 @@ def write_ply(path: str | os.PathLike, depth: np.ndarray, rgb: np.ndarray,
     return path
 
 
+OUTPUT_NAMES = ("rgbd.mp4", "rgbd.gif", "rgbd.npz", "disparity")
+PLY_PREFIX = "pointcloud_frame"
+
+
+def check_output_set_dir(out_dir: str | os.PathLike, name: str = "out_dir") -> Path:
+    """``out_dir`` can take an output set: a new path, an empty directory or one holding only
+    an earlier set (which is replaced). Raises :class:`InvalidArgument` otherwise."""
+    from rgbd_world.validation import InvalidArgument, check_output_dir
+
+    out = check_output_dir(name, out_dir)
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES
+                         and not (p.name.startswith(PLY_PREFIX) and p.suffix == ".ply"))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise InvalidArgument(name, str(out), "a new or empty directory, or one holding only "
+                                  "an earlier output set (it is replaced)", f"it holds {shown}")
+    return out
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False when the
+    platform or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        rc = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    except (OSError, AttributeError):
+        return False
+    return rc == 0
+
+
+def replace_directory(tmp: Path, out: Path) -> None:
+    """Put the finished directory ``tmp`` at ``out`` in one step; the old ``out`` is deleted."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if _exchange(tmp, out):              # out is the new set now, tmp holds the old one
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = tmp.with_name(tmp.name + ".old")
+    os.rename(out, old)                  # fallback: two renames (a tiny window without out)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _temporary_dir(out: Path) -> Path:
+    from rgbd_world.data.shards import temporary_path, remove_stale_temporaries
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(out.parent, prefix=f".{out.name}.tmp-"):
+        print(f"removed {stale} (left by an interrupted run)", file=sys.stderr)
+    tmp = temporary_path(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
 def write_outputs(output, out_dir: str | os.PathLike, ply_frame: int = 0, fps: int = 8) -> dict[str, Path]:
-    """Write every file of the module docstring; returns their paths by kind."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every file of the module docstring (atomically, see there); returns their final
+    paths by kind. ``ply_frame`` in [0, T - 1] and ``out_dir`` are checked before anything is
+    written."""
+    from rgbd_world.validation import check_int
+
+    frames_total = output.rgb.shape[0]
+    ply_frame = check_int("ply_frame", ply_frame, 0, frames_total - 1)
+    check_int("fps", fps, 1, 1000)
+    out = check_output_set_dir(out_dir)
+    tmp = _temporary_dir(out)
+    try:
+        written = _write_set(output, tmp, ply_frame, fps)
+        replace_directory(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {kind: out / path.relative_to(tmp) for kind, path in written.items()}
+
+
+def _write_set(output, out: Path, ply_frame: int, fps: int) -> dict[str, Path]:
     rgb = (output.rgb.clamp(0, 1) * 255).round().to(torch.uint8)          # (T, H, W, 3)
     disp = output.disparity.float()
     frames = torch.cat([rgb, colorize_disparity(disp)], dim=2)
@@ -57,6 +144,7 @@ def write_outputs(output, out_dir: str | os.PathLike, ply_frame: int = 0, fps: i
     try:
         paths["video"] = write_video(frames, out / "rgbd.mp4", fps=fps)
     except RuntimeError:
+        (out / "rgbd.mp4").unlink(missing_ok=True)
         paths["video"] = write_video(frames, out / "rgbd.gif", fps=fps)
     from PIL import Image
 
@@ -71,8 +159,6 @@ def write_outputs(output, out_dir: str | os.PathLike, ply_frame: int = 0, fps: i
     np.savez_compressed(paths["npz"], rgb=rgb.numpy(), disparity=disp.numpy(),
                         depth=output.depth.float().numpy(),
                         disparity_png_range=np.array([lo, hi], dtype=np.float32))
-    if not 0 <= ply_frame < rgb.shape[0]:
-        raise ValueError(f"ply_frame must be in [0, {rgb.shape[0] - 1}], got {ply_frame}")
-    paths["ply"] = write_ply(out / f"pointcloud_frame{ply_frame}.ply",
+    paths["ply"] = write_ply(out / f"{PLY_PREFIX}{ply_frame}.ply",
                              output.depth[ply_frame].numpy(), rgb[ply_frame].numpy())
     return paths

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rgbd_world.validation import (InvalidArgument, check_choice, check_finite, check_int,
+                                   check_seed)
+
 FORMAT = "rgbd-world-pipeline"
 
 
@@ -42,29 +45,86 @@ def relative_depth(disparity: torch.Tensor, near: float = 1.0, far: float = 10.0
     return 1.0 / scaled.clamp(1 / far, 1 / near)
 
 
-def _load_rgb(source, num_frames: int | None, height: int, width: int) -> torch.Tensor:
-    """An image/video path, a (T, H, W, 3) uint8 array/tensor or (H, W, 3) -> (3, T, H, W) in [-1, 1]."""
-    if isinstance(source, (str, os.PathLike)):
-        import imageio.v3 as iio
+def _read_rgb_file(path: Path, name: str) -> np.ndarray:
+    """Decode an image or video file; anything unreadable is an :class:`InvalidArgument`."""
+    import imageio.v3 as iio
 
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"input not found: {path}")
-        arr = iio.imread(path) if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") \
-            else iio.imread(path, index=None)
-    else:
-        arr = source
+    allowed = "an image (png, jpg, ...) or video (mp4, gif, ...) file" if name == "image" \
+        else "a video file (mp4, gif, ...)"
+    if not path.exists():
+        raise InvalidArgument(name, str(path), allowed, "no such file")
+    if not path.is_file():
+        raise InvalidArgument(name, str(path), allowed, "not a file")
+    if path.stat().st_size == 0:
+        raise InvalidArgument(name, str(path), allowed, "the file is empty")
+    try:
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+            return np.asarray(iio.imread(path))
+        return np.asarray(iio.imread(path, index=None))
+    except Exception as err:  # noqa: BLE001 - every decoder error means "not a readable file"
+        reason = " ".join(f"cannot decode it ({type(err).__name__}: {err})".split())[:300]
+        raise InvalidArgument(name, str(path), allowed, reason) from None
+
+
+def rgb_array_to_unit(arr, name: str = "image") -> torch.Tensor:
+    """An RGB array/tensor (H, W, 3|4) or (T, H, W, 3|4) -> float32 (T, H, W, 3) in [0, 1].
+
+    uint8 and other integer dtypes hold 0..255 (uint16: 0..65535); floats must be in [0, 1].
+    Anything else (empty frames, NaN, values out of range, bool) is an :class:`InvalidArgument`
+    naming ``name``."""
     x = torch.as_tensor(np.asarray(arr))
+    shape = tuple(x.shape)
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4 or x.shape[-1] not in (3, 4):
-        raise ValueError(f"RGB input must be (H, W, 3) or (T, H, W, 3), got shape {tuple(x.shape)}")
+        raise InvalidArgument(name, f"array of shape {shape}", "shape (H, W, 3) or (T, H, W, 3)")
+    if min(x.shape[:3]) < 1:
+        raise InvalidArgument(name, f"array of shape {shape}", "at least one frame of at least "
+                              "1x1 pixels")
     x = x[..., :3]
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if x.dtype == torch.uint16:
+        return x.float() / 65535.0
+    if x.dtype == torch.bool or x.is_complex():
+        raise InvalidArgument(name, f"{x.dtype} array", "uint8, integers in 0..255 or floats "
+                              "in [0, 1]")
+    if not x.is_floating_point():
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise InvalidArgument(name, f"{x.dtype} array with values {lo}..{hi}",
+                                  "integers in 0..255 (or floats in [0, 1])")
+        return x.float() / 255.0
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise InvalidArgument(name, "array with NaN or inf values", "finite floats in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise InvalidArgument(name, f"float array with values {lo:.4g}..{hi:.4g}",
+                              "floats in [0, 1] (pass uint8 for 0..255 values)")
+    return x.clamp(0, 1)
+
+
+def _load_rgb(source, num_frames: int | None, height: int, width: int,
+              name: str = "image") -> torch.Tensor:
+    """An image/video path, a (T, H, W, 3) array/tensor or (H, W, 3) -> (3, T, H, W) in [-1, 1]
+    (pixel values as :func:`rgb_array_to_unit` reads them)."""
+    if isinstance(source, (str, os.PathLike)):
+        arr = _read_rgb_file(Path(source), name)
+        shown = str(source)
+    else:
+        arr, shown = source, None
+    try:
+        x = rgb_array_to_unit(arr, name)
+    except InvalidArgument as err:
+        if shown is None:
+            raise
+        raise InvalidArgument(name, shown, err.allowed, f"it decodes to {err.value}") from None
     if num_frames is not None:
         if x.shape[0] < num_frames:
-            raise ValueError(f"the input video has {x.shape[0]} frames, fewer than num_frames="
-                             f"{num_frames}")
+            raise InvalidArgument(name, shown or f"array of {x.shape[0]} frames",
+                                  f"a video with at least num_frames={num_frames} frames",
+                                  f"it has {x.shape[0]} frames")
         x = x[:num_frames]
     x = x.permute(3, 0, 1, 2)  # (3, T, H, W)
     if x.shape[-2:] != (height, width):
@@ -130,23 +190,34 @@ class RGBDPipeline:
 
         from rgbd_world.tokenizer.checkpoint import config_to_dict
 
+        from rgbd_world.data.shards import remove_stale_temporaries, temporary_path
+        from rgbd_world.export import replace_directory
+
         out = Path(directory)
-        tmp = out.with_name(out.name + ".tmp")
+        if out.exists() and not (out.is_dir() and (not any(out.iterdir())
+                                                   or (out / "pipeline.json").exists())):
+            raise InvalidArgument("directory", str(out), "a new or empty directory, or a saved "
+                                  "pipeline (it is replaced)", "it holds something else")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out.parent, prefix=f".{out.name}.tmp-")
+        tmp = temporary_path(out)  # this process's own name: concurrent savers never collide
         shutil.rmtree(tmp, ignore_errors=True)
-        for name, model, config in (
-                ("tokenizer", self.tokenizer, config_to_dict(self.tokenizer.config)),
-                ("rgb_tokenizer", self.rgb_tokenizer, config_to_dict(self.rgb_tokenizer.config)),
-                ("dit", self.denoiser, dataclasses.asdict(self.denoiser.dit.config))):
-            (tmp / name).mkdir(parents=True)
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            save_file(state, tmp / name / "model.safetensors")
-            (tmp / name / "config.json").write_text(json.dumps(config, indent=1))
-        (tmp / "pipeline.json").write_text(json.dumps(
-            {"format": FORMAT, "version": 1, "text_encoder": self.text_encoder_name,
-             "defaults": self.defaults}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
+        try:
+            for name, model, config in (
+                    ("tokenizer", self.tokenizer, config_to_dict(self.tokenizer.config)),
+                    ("rgb_tokenizer", self.rgb_tokenizer, config_to_dict(self.rgb_tokenizer.config)),
+                    ("dit", self.denoiser, dataclasses.asdict(self.denoiser.dit.config))):
+                (tmp / name).mkdir(parents=True)
+                state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                save_file(state, tmp / name / "model.safetensors")
+                (tmp / name / "config.json").write_text(json.dumps(config, indent=1))
+            (tmp / "pipeline.json").write_text(json.dumps(
+                {"format": FORMAT, "version": 1, "text_encoder": self.text_encoder_name,
+                 "defaults": self.defaults}, indent=1))
+            replace_directory(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return out
 
     @classmethod
@@ -160,71 +231,140 @@ class RGBDPipeline:
 
         root = Path(directory)
         meta_file = root / "pipeline.json"
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root} is not a saved RGBDPipeline (no such directory)")
         if not meta_file.exists():
             raise FileNotFoundError(f"{root} is not a saved RGBDPipeline (no pipeline.json)")
-        meta = json.loads(meta_file.read_text())
+        meta = _read_json_object(meta_file)
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_file}: unknown format {meta.get('format')!r}")
+            raise ValueError(f"{meta_file}: unknown format {meta.get('format')!r} (expected "
+                             f"{FORMAT!r})")
+        for key, kind in (("text_encoder", str), ("defaults", dict)):
+            if not isinstance(meta.get(key), kind):
+                raise ValueError(f"{meta_file}: {key!r} must be a {kind.__name__}, got "
+                                 f"{meta.get(key)!r}")
+
+        def build(name, make):
+            config_file = root / name / "config.json"
+            config = _read_json_object(config_file)
+            try:
+                return make(config)
+            except (TypeError, ValueError, KeyError, AttributeError) as err:
+                raise ValueError(f"{config_file}: not a valid {name} config "
+                                 f"({type(err).__name__}: {err})") from None
 
         def load(name, model):
-            model.load_state_dict(load_file(root / name / "model.safetensors"), strict=True)
+            weights = root / name / "model.safetensors"
+            if not weights.exists():
+                raise FileNotFoundError(f"{weights} is missing (saved pipeline incomplete)")
+            try:
+                state = load_file(weights)
+            except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+                raise ValueError(f"{weights}: unreadable weights, truncated or not safetensors "
+                                 f"({type(err).__name__}: {err})") from None
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise ValueError(f"{weights} does not match {root / name / 'config.json'}: "
+                                 f"{_first_lines(str(err))}") from None
             return model
 
-        def cfg(name):
-            return json.loads((root / name / "config.json").read_text())
-
-        tokenizer = load("tokenizer", VideoTokenizer(config_from_dict(cfg("tokenizer"))))
-        rgb_tokenizer = load("rgb_tokenizer", VideoTokenizer(config_from_dict(cfg("rgb_tokenizer"))))
-        text = build_text_encoder(meta["text_encoder"])
-        denoiser = load("dit", RGBDDenoiser(DiT(_dit_config(DiTConfig, cfg("dit"))), text))
+        tokenizer = load("tokenizer", build(
+            "tokenizer", lambda c: VideoTokenizer(config_from_dict(c))))
+        rgb_tokenizer = load("rgb_tokenizer", build(
+            "rgb_tokenizer", lambda c: VideoTokenizer(config_from_dict(c))))
+        try:
+            text = build_text_encoder(meta["text_encoder"])
+        except (ValueError, OSError, ImportError) as err:
+            raise ValueError(f"{meta_file}: text_encoder {meta['text_encoder']!r} cannot be "
+                             f"built ({err})") from None
+        denoiser = load("dit", build(
+            "dit", lambda c: RGBDDenoiser(DiT(_dit_config(DiTConfig, c)), text)))
         return cls(tokenizer, rgb_tokenizer, denoiser, meta["text_encoder"], meta["defaults"], device)
 
     # ------------------------------------------------------------------ generation
+    METHODS = ("euler", "heun")
+
+    def check_arguments(self, prompt: str = "", image=None, video=None, num_frames=None,
+                        height=None, width=None, steps=None, guidance=None, seed=0, method=None,
+                        given_frames=0) -> dict:
+        """Validate the arguments of a call without generating anything; returns them with
+        None replaced by the pipeline's defaults. Raises :class:`InvalidArgument` (a
+        ValueError) naming the argument, the value and what is allowed. 0 is never read as
+        "default": only None is."""
+        d = self.defaults
+        if not isinstance(prompt, str):
+            raise InvalidArgument("prompt", prompt, "a string")
+        if image is not None and video is not None:
+            raise InvalidArgument("video", "<given>", "image or video, not both")
+        tc, sc = self.tokenizer.temporal_compression, self.tokenizer.spatial_compression
+        num_frames = check_int("num_frames", num_frames, 1, allow_none=True)
+        num_frames = d["num_frames"] if num_frames is None else num_frames
+        if (num_frames - 1) % tc:
+            lo = 1 + (num_frames - 1) // tc * tc
+            raise InvalidArgument("num_frames", num_frames, f"1 + {tc}k frames (1, {1 + tc}, "
+                                  f"{1 + 2 * tc}, ...); nearest: {lo} or {lo + tc}")
+        sizes = {}
+        for name, value in (("height", height), ("width", width)):
+            value = check_int(name, value, 1, allow_none=True)
+            value = d[name] if value is None else value
+            if value % sc:
+                near = " or ".join(str(v) for v in (value // sc * sc, value // sc * sc + sc) if v)
+                raise InvalidArgument(name, value, f"a positive multiple of {sc}; nearest: {near}")
+            sizes[name] = value
+        steps = check_int("steps", steps, 1, 100_000, allow_none=True)
+        guidance = check_finite("guidance", guidance, allow_none=True)
+        method = check_choice("method", d["method"] if method is None else method, self.METHODS)
+        check_int("given_frames", given_frames, 0)
+        return {"num_frames": num_frames, **sizes,
+                "steps": d["steps"] if steps is None else steps,
+                "guidance": d["guidance"] if guidance is None else guidance,
+                "method": method, "seed": check_seed(seed)}
+
     @torch.no_grad()
     def __call__(self, prompt: str = "", image=None, video=None, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, method: str | None = None,
                  progress: bool = True, given_latents: torch.Tensor | None = None,
                  given_frames: int = 0) -> RGBDOutput:
-        """Generate one RGBD video. ``image``/``video``: path or uint8 array (H, W, 3) /
-        (T, H, W, 3); at most one of them. Continuation: ``given_latents`` (C, T_lat, h, w),
+        """Generate one RGBD video. ``image``/``video``: path or array (H, W, 3) / (T, H, W, 3)
+        (uint8 or integers in 0..255, or floats in [0, 1]); at most one of them. Bad arguments
+        raise :class:`~rgbd_world.validation.InvalidArgument` before any work is done. Continuation: ``given_latents`` (C, T_lat, h, w),
         e.g. ``previous.latents``, holds its first ``given_frames`` latent frames fixed (they come
         back unchanged). Deterministic for a seed on a given device."""
         from tqdm.auto import tqdm
 
         from rgbd_world.dit.conditioning import build_conditioning
         from rgbd_world.flow import sample
-        from rgbd_world.tokenizer.model import check_frames, check_size
 
-        d = self.defaults
-        num_frames = num_frames or d["num_frames"]
-        height, width = height or d["height"], width or d["width"]
-        steps, method = steps or d["steps"], method or d["method"]
-        guidance = d["guidance"] if guidance is None else guidance
-        if image is not None and video is not None:
-            raise ValueError("give image or video, not both")
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        tc, sc = self.tokenizer.temporal_compression, self.tokenizer.spatial_compression
-        check_frames(num_frames, tc)
-        check_size(height, width, sc)
+        a = self.check_arguments(prompt=prompt, image=image, video=video, num_frames=num_frames,
+                                 height=height, width=width, steps=steps, guidance=guidance,
+                                 seed=seed, method=method, given_frames=given_frames)
+        num_frames, height, width = a["num_frames"], a["height"], a["width"]
+        steps, guidance, method, seed = a["steps"], a["guidance"], a["method"], a["seed"]
         c, t_lat, h, w = self.tokenizer.latent_shape(num_frames, height, width)
         like = torch.zeros(1, c, t_lat, h, w, device=self.device)
         cond_channels = self.denoiser.dit.config.cond_channels
         mode, z_rgb = "text", None
         if video is not None:
             mode = "video"
-            z_rgb = self.rgb_tokenizer.encode(_load_rgb(video, num_frames, height, width)[None].to(self.device))
+            z_rgb = self.rgb_tokenizer.encode(
+                _load_rgb(video, num_frames, height, width, "video")[None].to(self.device))
         elif image is not None:
             mode = "image"
-            z_rgb = self.rgb_tokenizer.encode(_load_rgb(image, 1, height, width)[None].to(self.device))
+            z_rgb = self.rgb_tokenizer.encode(
+                _load_rgb(image, 1, height, width, "image")[None].to(self.device))
         held = held_mask = None
         if given_frames:
-            if given_latents is None or given_latents.shape != like.shape[1:]:
-                raise ValueError(f"given_latents must be {tuple(like.shape[1:])} for these sizes, got "
-                                 f"{None if given_latents is None else tuple(given_latents.shape)}")
+            if given_frames >= t_lat:
+                raise InvalidArgument("given_frames", given_frames,
+                                      f"0..{t_lat - 1} (latent frames of these sizes: {t_lat})")
+            if not isinstance(given_latents, torch.Tensor) or given_latents.shape != like.shape[1:] \
+                    or not torch.isfinite(given_latents).all():
+                shown = tuple(given_latents.shape) if isinstance(given_latents, torch.Tensor) \
+                    else given_latents
+                raise InvalidArgument("given_latents", shown, f"a finite tensor of shape "
+                                      f"{tuple(like.shape[1:])} for these sizes")
             cond_c = build_conditioning("continuation", None, like, cond_channels, given_frames)
             held, held_mask = given_latents[None].to(self.device), cond_c.cond_mask.bool()
         cond = build_conditioning(mode, z_rgb, like, cond_channels)
@@ -241,7 +381,7 @@ class RGBDPipeline:
         def uncond(x, t):  # text dropped, RGB conditioning kept: guidance on the prompt
             return dit(x, t, null_text, text_mask=null_mask, cond=cond.cond, cond_mask=cond.cond_mask)
 
-        g = torch.Generator().manual_seed(int(seed))
+        g = torch.Generator().manual_seed(seed)
         noise = torch.randn(like.shape, generator=g).to(self.device)
         bar = tqdm(total=steps, desc="generate", unit="step", disable=not progress)
         use_cfg = guidance != 1.0 and bool(prompt)
@@ -256,6 +396,24 @@ class RGBDPipeline:
         disparity = x[3].float().cpu()
         return RGBDOutput(rgb=rgb, disparity=disparity, depth=relative_depth(disparity),
                           latents=z[0].cpu())
+
+
+def _read_json_object(path: Path) -> dict:
+    """A JSON file holding an object; errors name the file."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing (saved pipeline incomplete)")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _first_lines(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _dit_config(cls, data: dict):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 
@@ -72,27 +71,53 @@ def add_cache_latents_parser(subparsers) -> argparse.ArgumentParser:
 def _cache_latents(args: argparse.Namespace) -> int:
     import torch
 
+    from rgbd_world.validation import InvalidArgument, check_device, check_int, check_output_dir
+
     from .dataset import RGBDVideoDataset
     from .latent_cache import encode_dataset, load_encoder
 
+    # everything is checked before anything is written under --out
+    for name in ("frames", "height", "width", "batch_size", "samples_per_shard"):
+        check_int(name, getattr(args, name), 1)
+    check_int("workers", args.workers, 0, 1024)
+    check_device(args.device)
+    check_output_dir("out", args.out)
+    for root in args.data:
+        if not Path(root).is_dir():
+            raise InvalidArgument("data", root, "a dataset directory",
+                                  "no such directory" if not Path(root).exists() else "not a directory")
+    try:
+        dataset = RGBDVideoDataset(args.data, args.frames, (args.height, args.width),
+                                   format=args.format, augment=False)
+    except InvalidArgument:
+        raise
+    except ValueError as err:
+        raise InvalidArgument("data", " ".join(args.data), "a dataset with at least one usable "
+                              "clip", " ".join(str(err).split())) from None
     try:
         encoder = load_encoder(args.tokenizer, device=args.device)
-        rgb_encoder, rgb_name = _rgb_encoder(args)
-        text_encoder = None
-        if args.text_encoder != "none":
-            from rgbd_world.dit.text import build_text_encoder
+    except (FileNotFoundError, ValueError, NotImplementedError) as err:
+        raise InvalidArgument("tokenizer", args.tokenizer, "a tokenizer checkpoint or run "
+                              "directory, or package.module:callable", str(err)) from None
+    _check_channels(encoder, 4, "tokenizer", args.tokenizer,
+                    "an RGBD tokenizer (4 input channels); an RGB tokenizer goes to --rgb-tokenizer")
+    rgb_encoder, rgb_name = _rgb_encoder(args)
+    _check_channels(rgb_encoder, 3, "rgb_tokenizer", args.rgb_tokenizer,
+                    "an RGB tokenizer (3 input channels)")
+    text_encoder = None
+    if args.text_encoder != "none":
+        from rgbd_world.dit.text import build_text_encoder
 
+        try:
             text_encoder = build_text_encoder(args.text_encoder)
-            if not hasattr(text_encoder, "name") or isinstance(text_encoder, torch.nn.Module):
-                raise ValueError(f"--text-encoder {args.text_encoder!r} is trained with the DiT; "
-                                 "only frozen encoders ('minilm', a Hugging Face directory) "
-                                 "can be cached")
-            text_encoder.to(args.device)
-    except (NotImplementedError, FileNotFoundError, ValueError, ImportError) as err:
-        print(f"rgbd-world cache-latents: error: {err}", file=sys.stderr)
-        return 2
-    dataset = RGBDVideoDataset(args.data, args.frames, (args.height, args.width),
-                               format=args.format, augment=False)
+        except (ValueError, OSError, ImportError) as err:
+            raise InvalidArgument("text_encoder", args.text_encoder, "'minilm', a local Hugging "
+                                  "Face encoder directory or 'none'", str(err)) from None
+        if not hasattr(text_encoder, "name") or isinstance(text_encoder, torch.nn.Module):
+            raise InvalidArgument("text_encoder", args.text_encoder, "a frozen encoder ('minilm', "
+                                  "a Hugging Face directory) or 'none'",
+                                  "it is trained with the DiT and cannot be cached")
+        text_encoder.to(args.device)
     paths = encode_dataset(dataset, encoder, args.out, batch_size=args.batch_size,
                            samples_per_shard=args.samples_per_shard, num_workers=args.workers,
                            device=args.device, storage_dtype=args.storage_dtype,
@@ -111,6 +136,16 @@ def _spec_name(spec: str) -> str:
     return str(Path(spec).resolve()) if os.path.exists(spec) else spec
 
 
+def _check_channels(encoder, channels: int, name: str, value: str, allowed: str) -> None:
+    """A tokenizer encoder (``encode.model``) must take ``channels`` input channels."""
+    from rgbd_world.validation import InvalidArgument
+
+    model = getattr(encoder, "model", None)
+    got = getattr(getattr(model, "config", None), "in_channels", None)
+    if got is not None and got != channels:
+        raise InvalidArgument(name, value, allowed, f"it takes {got} input channels")
+
+
 def _rgb_encoder(args: argparse.Namespace):
     """(encoder, recorded name) of ``--rgb-tokenizer``, or (None, None)."""
     from .latent_cache import load_encoder
@@ -124,4 +159,10 @@ def _rgb_encoder(args: argparse.Namespace):
         spec = run_teacher(args.tokenizer)  # "" for a run without one, or not a run directory
         if not spec:
             return None, None
-    return load_encoder(spec, device=args.device), _spec_name(spec)
+    try:
+        return load_encoder(spec, device=args.device), _spec_name(spec)
+    except (FileNotFoundError, ValueError, NotImplementedError) as err:
+        from rgbd_world.validation import InvalidArgument
+
+        raise InvalidArgument("rgb_tokenizer", spec, "a tokenizer checkpoint, 'auto' or 'none'",
+                              str(err)) from None

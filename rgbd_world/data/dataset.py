@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from rgbd_kernels import depth_to_disparity, normalize_disparity
+from rgbd_world.validation import InvalidArgument, check_int
 
 from .readers import ClipSource, RawClip, find_clips
 
@@ -149,6 +150,51 @@ class SkippingDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- transforms
 
+def rgb_to_unit(rgb: np.ndarray, source: str = "") -> np.ndarray:
+    """(..., 3) RGB -> float32 in [0, 1]: uint8 / 255, uint16 / 65535, other integers in
+    0..255 / 255, floats as they are (they must already be in [0, 1]). Anything else (NaN,
+    out-of-range values) raises :class:`BadSampleError`."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8:
+        return rgb.astype(np.float32) / 255
+    if rgb.dtype == np.uint16:
+        return rgb.astype(np.float32) / 65535
+    if rgb.size and np.issubdtype(rgb.dtype, np.integer):
+        lo, hi = int(rgb.min()), int(rgb.max())
+        if lo < 0 or hi > 255:
+            raise BadSampleError(f"{source}: integer RGB ({rgb.dtype}) outside 0..255 "
+                                 f"(min {lo}, max {hi})")
+        return rgb.astype(np.float32) / 255
+    if np.issubdtype(rgb.dtype, np.floating):
+        out = rgb.astype(np.float32)
+        if out.size and not (np.isfinite(out).all() and out.min() >= -1e-3
+                             and out.max() <= 1 + 1e-3):
+            raise BadSampleError(f"{source}: float RGB must be finite and in [0, 1], got "
+                                 f"min {np.nanmin(out):.4g}, max {np.nanmax(out):.4g}")
+        return np.clip(out, 0, 1)
+    if rgb.size == 0 and np.issubdtype(rgb.dtype, np.integer):
+        return rgb.astype(np.float32)
+    raise BadSampleError(f"{source}: RGB of dtype {rgb.dtype} (need uint8, uint16, integers "
+                         "in 0..255 or floats in [0, 1])")
+
+
+def as_poses_4x4(poses: np.ndarray, frames: int, source: str = "") -> np.ndarray:
+    """Camera-to-world poses (T, 4, 4) or (T, 3, 4) (the last row [0, 0, 0, 1] implied) ->
+    (T, 4, 4) float32; any other shape or non-finite values raise :class:`BadSampleError`."""
+    poses = np.asarray(poses, np.float32)
+    if poses.shape == (frames, 3, 4):
+        full = np.zeros((frames, 4, 4), np.float32)
+        full[:, :3] = poses
+        full[:, 3, 3] = 1
+        poses = full
+    if poses.shape != (frames, 4, 4):
+        raise BadSampleError(f"{source}: poses must be ({frames}, 4, 4) or ({frames}, 3, 4), "
+                             f"got {poses.shape}")
+    if not np.isfinite(poses).all():
+        raise BadSampleError(f"{source}: poses hold non-finite values")
+    return poses
+
+
 def resize_and_crop(rgb: torch.Tensor, depth: torch.Tensor, K: torch.Tensor,
                     size: tuple[int, int], offset: tuple[int, int] | str = "center"):
     """Resize (T, 3, h, w) RGB and (T, 1, h, w) depth to cover ``size``, then crop to it.
@@ -221,13 +267,16 @@ class RGBDVideoDataset(SkippingDataset):
                  min_depth: float | None = None, max_depth: float | None = None,
                  min_valid_fraction: float = 0.01, camera: str | None = None,
                  render_pass: str = "final"):
-        if frames < 1 or (temporal_compression > 1 and (frames - 1) % temporal_compression):
-            raise ValueError(f"frames must be 1 + {temporal_compression} * k (the tokenizer's "
-                             f"temporal compression), got {frames}")
-        if frame_stride < 1:
-            raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
-        if size is not None and (len(size) != 2 or min(size) < 1):
-            raise ValueError(f"size must be (H, W) with positive entries, got {size}")
+        frames = check_int("frames", frames, 1)
+        if temporal_compression > 1 and (frames - 1) % temporal_compression:
+            raise InvalidArgument("frames", frames, f"1 + {temporal_compression}k (the "
+                                  "tokenizer's temporal compression)")
+        check_int("frame_stride", frame_stride, 1)
+        if size is not None:
+            if len(size) != 2:
+                raise InvalidArgument("size", size, "(H, W) with positive entries, or None")
+            check_int("height", size[0], 1)
+            check_int("width", size[1], 1)
         self.frames, self.size, self.augment = int(frames), size, augment
         self.flip_prob, self.frame_stride = float(flip_prob), int(frame_stride)
         self.min_depth, self.max_depth = min_depth, max_depth
@@ -289,11 +338,13 @@ class RGBDVideoDataset(SkippingDataset):
         if raw.depth.shape != raw.rgb.shape[:3]:
             raise ValueError(f"{source}: depth {raw.depth.shape} does not match RGB "
                              f"{raw.rgb.shape[:3]}")
-        rgb = torch.from_numpy(np.ascontiguousarray(raw.rgb)).permute(0, 3, 1, 2).float() / 255
+        if min(raw.rgb.shape[1:3]) < 1:
+            raise BadSampleError(f"{source}: frames of size {raw.rgb.shape[1]}x{raw.rgb.shape[2]}")
+        rgb = torch.from_numpy(rgb_to_unit(raw.rgb, source)).permute(0, 3, 1, 2)
         depth = torch.from_numpy(np.ascontiguousarray(raw.depth, np.float32))[:, None]
         K = torch.from_numpy(np.array(raw.K, np.float32)).expand(T, 3, 3).clone()
         has_poses = raw.poses is not None
-        poses = torch.from_numpy(np.array(raw.poses, np.float32)) if has_poses \
+        poses = torch.from_numpy(as_poses_4x4(raw.poses, T, source)) if has_poses \
             else torch.eye(4).expand(T, 4, 4).clone()
         if self.size is not None:
             rgb, depth, K = resize_and_crop(rgb, depth, K, self.size,

@@ -148,8 +148,13 @@ def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
               "storage_dtype": storage_dtype, "dataset": _describe_dataset(dataset)}
     manifest = out / _MANIFEST
     if manifest.exists():
-        old = json.loads(manifest.read_text()).get("config")
-        if old != config:
+        try:
+            old = json.loads(manifest.read_text())
+            old = old.get("config") if isinstance(old, dict) else None
+        except (OSError, ValueError):
+            old = None  # unreadable: only replaced when no shard depends on it
+        # a manifest without shards is what a failed run left: nothing to keep, start afresh
+        if old != config and any(out.glob(LATENT_GLOB)):
             raise ValueError(f"{out} holds a latent cache made with other settings ({old}); "
                              f"use another directory (asked for {config})")
     write_text_atomic(manifest, json.dumps({"config": config, "complete": False}, indent=1))

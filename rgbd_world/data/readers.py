@@ -200,13 +200,14 @@ class ShardClip(ClipSource):
             rgb = z[f"{self.name}/rgb"]
             depth = z[f"{self.name}/depth"]
             K = z[f"{self.name}/K"]
-            poses = z[f"{self.name}/poses"]
+            poses = z[f"{self.name}/poses"] if f"{self.name}/poses" in z.files else None
         if rgb.shape[0] != depth.shape[0] or rgb.shape[0] != self.num_frames:
             raise ValueError(f"{self.source}: {rgb.shape[0]} RGB frames, {depth.shape[0]} depth "
                              f"frames, meta says {self.num_frames}")
         return RawClip(rgb=rgb[idx], depth=depth[idx].astype(np.float32),
                        K=np.broadcast_to(K.astype(np.float32), (len(idx), 3, 3)).copy(),
-                       poses=poses[idx].astype(np.float32), caption=self.caption)
+                       poses=None if poses is None else poses[idx].astype(np.float32),
+                       caption=self.caption)
 
 
 @dataclass
@@ -445,6 +446,22 @@ def _read_intrinsics(path: Path) -> np.ndarray:
     raise ValueError(f"{path}: expected 'fx fy cx cy' or a 3x3 matrix, got {vals.size} numbers")
 
 
+def _poses_array(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Poses as stored -> (T, 4, 4) float32: (T, 4, 4), (T, 3, 4) (last row implied) or one pose
+    per line of 16 or 12 numbers (row-major)."""
+    arr = np.asarray(arr, np.float32)
+    if arr.ndim == 2 and arr.shape[1] in (12, 16):
+        arr = arr.reshape(len(arr), -1, 4)
+    if arr.ndim == 3 and arr.shape[1:] == (3, 4):
+        full = np.zeros((len(arr), 4, 4), np.float32)
+        full[:, :3], full[:, 3, 3] = arr, 1
+        arr = full
+    if arr.ndim != 3 or arr.shape[1:] != (4, 4):
+        raise ValueError(f"{path}: poses must be (T, 4, 4), (T, 3, 4) or T lines of 12 or 16 "
+                         f"numbers, got shape {arr.shape}")
+    return arr
+
+
 def find_folder_clips(root: str | os.PathLike, depth_scale: float | None = None):
     clips, problems = [], []
     root = Path(root)
@@ -468,9 +485,10 @@ def find_folder_clips(root: str | os.PathLike, depth_scale: float | None = None)
                 if (base / "intrinsics.txt").exists() else None
             poses = None
             if (base / "poses.npy").exists():
-                poses = np.load(base / "poses.npy").astype(np.float32).reshape(-1, 4, 4)
+                poses = _poses_array(np.load(base / "poses.npy", allow_pickle=False),
+                                     base / "poses.npy")
             elif (base / "poses.txt").exists():
-                poses = np.loadtxt(base / "poses.txt").astype(np.float32).reshape(-1, 4, 4)
+                poses = _poses_array(np.loadtxt(base / "poses.txt", ndmin=2), base / "poses.txt")
             if poses is not None and len(poses) != len(rgb):
                 raise ValueError(f"{len(poses)} poses for {len(rgb)} frames")
         except (OSError, ValueError) as err:

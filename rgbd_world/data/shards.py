@@ -8,15 +8,19 @@ Format (no code needed to read it, ``numpy.load`` does): ``shard-000000.npz`` ho
 ``<name>/K`` (3, 3) float32 and ``<name>/poses`` (T, 4, 4) float32 camera-to-world (OpenCV
 axes). ``manifest.json`` records the generation settings.
 
-Atomicity: a shard is written to ``.shard-000000.npz.tmp-<pid>`` (a name readers never match),
-flushed, fsynced and renamed over its final name. An interrupted run leaves at most a temporary
-file; the next run deletes it and skips every shard that already has its final name. Clip ``i``
+Atomicity: a shard is written to ``.shard-000000.npz.tmp-<pid>@<host>`` (a name readers never
+match, owned by the writing process), flushed, fsynced and renamed over its final name. An
+interrupted run leaves at most a temporary file; the next run deletes temporaries whose writer
+is gone (never those of a writer still running) and skips every shard that already has its
+final name. Clip ``i``
 is rendered from seed ``(seed, i)``, so a resumed run produces the same dataset.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -25,8 +29,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from rgbd_world.validation import check_device, check_int, check_output_dir, process_alive
+
 __all__ = ["SHARD_GLOB", "generate_dataset", "write_npz_atomic", "shard_path", "clip_seed",
-           "progress_bar"]
+           "progress_bar", "temporary_path", "remove_stale_temporaries", "die_with_parent"]
 
 SHARD_GLOB = "shard-*.npz"
 SHARD_FORMAT = "rgbd-world-shard"
@@ -42,15 +48,32 @@ def clip_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+_HOST = socket.gethostname().replace("/", "_")
+_TMP_PATTERN = re.compile(r"\.tmp-(\d+)(?:@(.*?))?(?:\.old)?$")
+
+
+def temporary_path(path: Path) -> Path:
+    """This process's temporary name for ``path`` (``.<name>.tmp-<pid>@<host>``)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}@{_HOST}")
+
+
+def temporary_owner_gone(path: Path) -> bool:
+    """Whether the process that owns the temporary ``path`` is gone (its pid no longer runs on
+    this host). Temporaries of another host are never judged gone: their writer may still run."""
+    m = _TMP_PATTERN.search(path.name)
+    if m is None:
+        return False
+    pid, host = int(m.group(1)), m.group(2)
+    if host is not None and host != _HOST:
+        return False
+    return pid != os.getpid() and not process_alive(pid)
 
 
 def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                      compress: bool = True) -> Path:
     """Write ``arrays`` to ``path`` (.npz) through a temporary file and an atomic rename."""
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as fh:
             (np.savez_compressed if compress else np.savez)(fh, **arrays)
@@ -64,16 +87,23 @@ def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = _tmp_name(path)
+    tmp = temporary_path(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Delete ``.*.tmp-*`` leftovers of interrupted writes (never matched by readers)."""
-    stale = sorted(out_dir.glob(".*.tmp-*"))
+def remove_stale_temporaries(out_dir: Path, prefix: str = ".") -> list[Path]:
+    """Delete ``<prefix>*.tmp-*`` leftovers of interrupted writes (never matched by readers)
+    whose writer is gone; another writer's in-flight temporaries are left alone."""
+    stale = sorted(p for p in out_dir.glob(".*.tmp-*")
+                   if p.name.startswith(prefix) and temporary_owner_gone(p))
     for p in stale:
-        p.unlink(missing_ok=True)
+        if p.is_dir():
+            import shutil
+
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     return stale
 
 
@@ -138,9 +168,38 @@ def _render_shard(job: dict) -> tuple[int, int]:
     return job["shard"], len(job["clips"])
 
 
-def _init_worker(threads: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Make this (worker) process end when ``parent_pid`` does, even on ``kill -9`` of the parent:
+    ``PR_SET_PDEATHSIG`` on Linux, else a daemon thread that watches the parent's pid."""
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _init_worker(threads: int, parent_pid: int) -> None:
     import torch
 
+    die_with_parent(parent_pid)
     torch.set_num_threads(threads)
 
 
@@ -157,29 +216,36 @@ def generate_dataset(out_dir: str | os.PathLike, num_clips: int, frames: int = 1
     are more cores). ``on_shard(index)`` is called after each shard is written (tests use it to
     simulate an interruption).
     """
+    from .synthetic import PALETTE, SCENE_VERSION
+
     for name, value in (("num_clips", num_clips), ("frames", frames), ("height", height),
                         ("width", width), ("clips_per_shard", clips_per_shard)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    from .synthetic import SCENE_VERSION
-
+        check_int(name, value, 1)
+    check_int("seed", seed, 0, 2 ** 63 - 1)
+    check_int("workers", workers, 0, 1024)
+    check_int("num_objects", num_objects, 0, len(PALETTE), allow_none=True)
+    check_device(device)
+    out = check_output_dir("out_dir", out_dir)
     config = {"format": SHARD_FORMAT, "version": 1, "num_clips": int(num_clips),
               "frames": int(frames), "height": int(height), "width": int(width),
               "seed": int(seed), "clips_per_shard": int(clips_per_shard),
               "num_objects": num_objects, "scene_version": SCENE_VERSION}
     manifest = out / _MANIFEST
+    has_shards = out.is_dir() and any(out.glob(SHARD_GLOB))
     if manifest.exists():
-        old = json.loads(manifest.read_text())
-        if old.get("config") != config:
+        try:
+            old = json.loads(manifest.read_text())
+            old_config = old.get("config") if isinstance(old, dict) else None
+        except (OSError, ValueError):
+            old_config = None  # unreadable: only replaced below when no shard depends on it
+        if old_config != config and has_shards:
             raise ValueError(f"{out} already holds a dataset generated with different settings "
-                             f"({old.get('config')}); use another directory or the same "
+                             f"({old_config}); use another directory or the same "
                              f"settings to resume (asked for {config})")
-    elif any(out.glob(SHARD_GLOB)):
+        # no shard yet: a failed or killed earlier run leaves nothing to keep; start afresh
+    elif has_shards:
         raise ValueError(f"{out} holds shards but no {_MANIFEST}; refusing to mix datasets")
+    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(manifest, json.dumps({"config": config, "complete": False}, indent=1))
     remove_stale_temporaries(out)
 
@@ -201,7 +267,7 @@ def generate_dataset(out_dir: str | os.PathLike, num_clips: int, frames: int = 1
 
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(threads,)) as pool:
+                                     initargs=(threads, os.getpid())) as pool:
                 results: Iterable = pool.map(_render_shard, jobs)
                 for shard, n in results:
                     bar.update(n)

@@ -18,6 +18,16 @@ from rgbd_world.data.shards import generate_dataset
 from rgbd_world.data.synthetic import render, sample_scene
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited (a killed writer's temporary carries one)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -315,7 +325,7 @@ def test_shard_writes_are_atomic_and_resume(tmp_path):
                          on_shard=stop)
     # the interrupted run left shard 0 and (as if killed mid-write) a temporary for shard 1
     assert sorted(p.name for p in tmp_path.glob("shard-*.npz")) == ["shard-000000.npz"]
-    leftover = tmp_path / ".shard-000001.npz.tmp-12345"
+    leftover = tmp_path / f".shard-000001.npz.tmp-{dead_pid()}"
     leftover.write_bytes(b"PK\x03\x04 half a zip")
     clips, problems = find_clips(tmp_path, "shards")
     assert len(clips) == 1 and not problems        # the leftover is never read

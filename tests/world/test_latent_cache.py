@@ -1,11 +1,9 @@
 """Latent cache: encode once with any callable, read back, atomic resumable shards, CLI."""
-import argparse
-
 import numpy as np
 import pytest
 import torch
 
-from rgbd_world.data.cli import add_cache_latents_parser
+from rgbd_world.cli import main
 from rgbd_world.data.dataset import RGBDVideoDataset
 from rgbd_world.data.latent_cache import (LatentDataset, collate_latents, encode_dataset,
                                           pool_encoder)
@@ -13,6 +11,16 @@ from rgbd_world.data.shards import generate_dataset
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (a killed writer's temporary carries one)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +138,7 @@ def test_latent_shards_are_atomic_and_resume(data, tmp_path):
     with pytest.raises(Interrupted):
         encode_dataset(ds, first, tmp_path, samples_per_shard=2, progress=False, on_shard=stop,
                        encoder_name="counting")
-    (tmp_path / ".latents-000001.npz.tmp-999").write_bytes(b"garbage from a killed run")
+    (tmp_path / f".latents-000001.npz.tmp-{dead_pid()}").write_bytes(b"garbage from a killed run")
     assert len(LatentDataset(tmp_path)) == 2  # the finished shard only; the temp is ignored
     again = CountingEncoder()
     encode_dataset(ds, again, tmp_path, samples_per_shard=2, progress=False,
@@ -163,10 +171,7 @@ def test_bad_latent_shard_is_skipped_and_empty_cache_raises(data, tmp_path):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser()
-    add_cache_latents_parser(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_cache_latents(data, tmp_path, capsys):
