@@ -11,7 +11,13 @@ Backends:
 * ``"reference"``: float32 math attention, the parity baseline.
 * ``"auto"``: with ``fp8=True``, TE FP8 when TE imports, the GPU is sm90+ and the shape is
   supported, else (warning once with the reason) the best bf16 path: flash-attn on CUDA if it
-  imports, else SDPA. ``use_backend("reference")`` also routes "auto" to the reference.
+  imports, else SDPA. ``use_backend("reference")`` also routes "auto" to the reference;
+  ``use_backend("triton" | "cpp" | "cuda")`` names a kernel backend attention does not have, so
+  "auto" raises :class:`~rgbd_kernels.backend.BackendUnavailableError` there rather than run
+  something else (an explicit ``backend=`` argument is not affected by ``use_backend``).
+
+Non-finite values propagate as in the reference: a query row holding NaN gives a NaN output
+row on every backend (torch's CPU SDPA alone would give zeros; the SDPA path restores the NaN).
 Optional libraries are imported on first use only; asking for a missing one explicitly raises
 :class:`~rgbd_kernels.backend.BackendUnavailableError` naming the package to install.
 """
@@ -27,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ._nvtx import nvtx_range
-from .backend import BackendUnavailableError, get_backend
+from .backend import ENV_VAR, BackendUnavailableError, get_backend
 
 __all__ = ["attention", "attention_reference", "ATTENTION_BACKENDS", "te_fp8_recipe"]
 
@@ -46,7 +52,8 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
                         key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Math attention in float32 on (B, H, S, D) tensors; returns q's dtype.
 
-    ``key_padding_mask`` (B, S_kv) bool: True = attend. A row with no key to attend gives 0.
+    ``key_padding_mask`` (B, S_kv) bool: True = attend. A sample with no key to attend gives
+    exactly 0 (whatever its values).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
@@ -56,7 +63,8 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
         any_key = key_padding_mask.any(dim=1).view(-1, 1, 1, 1)
         scores = torch.where(any_key, scores, 0.0)
         probs = scores.softmax(dim=-1) * any_key
-        return torch.einsum("bhqk,bhkd->bhqd", probs, v.float()).to(q.dtype)
+        out = torch.einsum("bhqk,bhkd->bhqd", probs, v.float())
+        return torch.where(any_key, out, 0.0).to(q.dtype)
     if causal:
         s_q, s_k = scores.shape[-2:]
         keep = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device).tril()
@@ -120,11 +128,23 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+def _global_choice() -> str:
+    """The ``use_backend`` choice as it applies to attention: "auto" or "reference"; the kernel
+    backends attention does not have raise BackendUnavailableError."""
+    requested = get_backend()
+    if requested in ("auto", "reference"):
+        return requested
+    raise BackendUnavailableError(
+        f"attention: backend {requested!r} (from use_backend / ${ENV_VAR}) is not implemented "
+        f"for attention; it runs 'reference' or, by its own backend= argument, one of "
+        f"{ATTENTION_BACKENDS} (use_backend('auto') picks the best available)")
+
+
 def _resolve(backend: str, q: torch.Tensor, causal: bool, fp8: bool) -> str:
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
     if backend == "auto":
-        if get_backend() == "reference":
+        if _global_choice() == "reference":
             return "reference"
         if fp8:
             reason = _te_fp8_unsupported_reason(q, causal)
@@ -218,8 +238,22 @@ def _check(q, k, v, layout, causal, scale):
     if causal and q.shape[sdim] != k.shape[sdim]:
         raise ValueError(f"causal=True needs as many queries as keys, got {q.shape[sdim]} and "
                          f"{k.shape[sdim]}")
-    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
-        raise ValueError(f"scale must be a positive number or None, got {scale!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool)
+                                  and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite positive number or None, got {scale!r}")
+
+
+def _restore_nan_rows(out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """NaN where q's row (B, H, S, D) holds a NaN, as in the reference: torch's CPU SDPA kernel
+    returns zeros for a query row whose scores are all NaN."""
+    if q.device.type != "cpu":
+        return out
+    return out.masked_fill(torch.isnan(q.detach()).any(dim=-1, keepdim=True), float("nan"))
+
+
+def _sdpa(q, k, v, causal, scale):
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    return _restore_nan_rows(out, q)
 
 
 def _sdpa_padded(q, k, v, key_padding_mask, scale):
@@ -227,7 +261,8 @@ def _sdpa_padded(q, k, v, key_padding_mask, scale):
     any_key = key_padding_mask.any(dim=1)
     keep = key_padding_mask | ~any_key[:, None]  # an all-masked sample attends everywhere ...
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], scale=scale)
-    return out * any_key.view(-1, 1, 1, 1).to(out.dtype)  # ... and then gives 0
+    out = _restore_nan_rows(out, q)
+    return torch.where(any_key.view(-1, 1, 1, 1), out, 0.0)  # ... and then gives exactly 0
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str = "bshd",
@@ -260,7 +295,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str 
             raise ValueError(f"key_padding_mask is served by backends 'sdpa' and 'reference', "
                              f"got backend={backend!r}, fp8={fp8}")
         if backend == "auto":
-            backend = "reference" if get_backend() == "reference" else "sdpa"
+            backend = "reference" if _global_choice() == "reference" else "sdpa"
         qh, kh, vh = (t if layout == "bhsd" else t.transpose(1, 2) for t in (q, k, v))
         mask = key_padding_mask.to(q.device)
         out = (_sdpa_padded(qh, kh, vh, mask, scale) if backend == "sdpa" else
@@ -277,7 +312,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str 
             return out if layout == "bshd" else out.transpose(1, 2)
         qh, kh, vh = (t if layout == "bhsd" else t.transpose(1, 2) for t in (q, k, v))
         if chosen == "sdpa":
-            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal, scale=scale)
+            out = _sdpa(qh, kh, vh, causal, scale)
         else:
             out = attention_reference(qh, kh, vh, causal=causal, scale=scale)
         return out if layout == "bhsd" else out.transpose(1, 2)

@@ -6,15 +6,22 @@
 * :func:`poisoned_outputs` -- NaN-fill every output buffer the ops allocate, so an element a
   kernel forgets to write fails the comparison.
 * :func:`noncontiguous` -- the same values as a strided view into a larger tensor.
+* :data:`EDGE_CASES` / :func:`edge_cases` -- the standard edge values every op's parity tests
+  run through (NaN, inf, values near the dtype's max, subnormals, constants, signed zeros):
+  ``for name, x in edge_cases(x): assert_parity(op(x), reference(x), ...)``.
+* :func:`range_endpoints` -- the ends of a value range and their nearest inner neighbours.
 """
 from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from ._buffers import poisoned as poisoned_outputs
 
 __all__ = ["TOLERANCES", "TF32_TOLERANCE", "FP8_TOLERANCE", "tolerance", "rel_error",
-           "max_abs_error", "assert_parity", "poisoned_outputs", "noncontiguous"]
+           "max_abs_error", "assert_parity", "poisoned_outputs", "noncontiguous", "EDGE_CASES",
+           "edge_cases", "range_endpoints"]
 
 TOLERANCES = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 TF32_TOLERANCE = 5e-3
@@ -85,3 +92,98 @@ def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     view.copy_(t)
     assert not view.is_contiguous() or t.numel() <= 1
     return view
+
+
+# ----------------------------------------------------------------------------- edge values
+
+EdgeCase = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _index(t: torch.Tensor, g: torch.Generator) -> int:
+    return int(torch.randint(t.numel(), (1,), generator=g))
+
+
+def _set_one(value: float) -> EdgeCase:
+    def make(t, g):
+        out = t.clone()
+        out.view(-1)[_index(t, g)] = value
+        return out
+    return make
+
+
+def _nan_row(t, g):
+    """One whole row of the last dim NaN (e.g. an attention query row)."""
+    out = t.clone()
+    rows = out.view(-1, t.shape[-1])
+    rows[int(torch.randint(rows.shape[0], (1,), generator=g))] = float("nan")
+    return out
+
+
+def _scaled_magnitudes(lo_of: Callable[[torch.dtype], float],
+                       hi_of: Callable[[torch.dtype], float]) -> EdgeCase:
+    """t's signs with magnitudes drawn log-uniformly in [lo, hi] of t's dtype."""
+    def make(t, g):
+        lo, hi = lo_of(t.dtype), hi_of(t.dtype)
+        u = torch.rand(t.shape, generator=g, dtype=torch.float64)
+        mag = torch.exp(torch.log(torch.tensor(lo, dtype=torch.float64)) * (1 - u)
+                        + torch.log(torch.tensor(hi, dtype=torch.float64)) * u)
+        sign = torch.where(t.detach().cpu().double() < 0, -1.0, 1.0)
+        return (sign * mag).to(t.dtype).to(t.device)
+    return make
+
+
+def _constant(t, g):
+    return t.detach().reshape(-1)[:1].expand(t.shape).clone()
+
+
+def _signed_zeros(t, g):
+    """About a third of the elements +0.0, a third -0.0."""
+    u = torch.rand(t.shape, generator=g).to(t.device)
+    out = t.clone()
+    out[u < 1 / 3] = 0.0
+    out[(u >= 1 / 3) & (u < 2 / 3)] = -0.0
+    return out
+
+
+EDGE_CASES: dict[str, EdgeCase] = {
+    "nan_element": _set_one(float("nan")),
+    "nan_row": _nan_row,
+    "pos_inf": _set_one(float("inf")),
+    "neg_inf": _set_one(float("-inf")),
+    # near the largest finite value: sums and products overflow here
+    "near_max": _scaled_magnitudes(lambda d: torch.finfo(d).max / 8,
+                                   lambda d: torch.finfo(d).max / 2),
+    # below the smallest normal value: divisions and reciprocals overflow here
+    "subnormal": _scaled_magnitudes(lambda d: torch.finfo(d).smallest_normal / 64,
+                                    lambda d: torch.finfo(d).smallest_normal / 2),
+    "constant": _constant,
+    "signed_zeros": _signed_zeros,
+}
+"""Standard edge-value cases: name -> ``make(t, generator)`` returning a copy of the random float
+tensor ``t`` with edge values put in (same shape, dtype, device). Ops extend this dict with a
+case any op should face; an op skips a case that does not apply to it by name."""
+
+
+def edge_cases(t: torch.Tensor, *, names: Iterable[str] | None = None,
+               skip: Iterable[str] = (), seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, input)`` for each standard edge case (all, or ``names``; minus ``skip``) applied
+    to the float tensor ``t``; reproducible for a given ``seed``."""
+    if not t.is_floating_point():
+        raise ValueError(f"edge cases need a floating tensor, got dtype {t.dtype}")
+    chosen = list(EDGE_CASES) if names is None else list(names)
+    unknown = [n for n in chosen if n not in EDGE_CASES]
+    if unknown:
+        raise ValueError(f"unknown edge cases {unknown}; known: {list(EDGE_CASES)}")
+    skipped = set(skip)
+    for name in chosen:
+        if name not in skipped:
+            yield name, EDGE_CASES[name](t.detach(), torch.Generator().manual_seed(seed))
+
+
+def range_endpoints(lo: float, hi: float, dtype: torch.dtype) -> torch.Tensor:
+    """lo, hi, their nearest neighbours inside [lo, hi] in ``dtype``, and the midpoint: the
+    values where a formula mapping [lo, hi] onto itself most easily rounds outside it."""
+    ends = torch.tensor([lo, hi], dtype=dtype)
+    inner = torch.nextafter(ends, torch.tensor([hi, lo], dtype=dtype))
+    mid = ((ends[0].double() + ends[1].double()) / 2).to(dtype).reshape(1)
+    return torch.cat([ends, inner, mid])

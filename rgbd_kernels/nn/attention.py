@@ -50,6 +50,7 @@ class Attention(nn.Module):
         if fp8 and backend not in ("auto", "te"):
             raise ValueError(f"fp8=True needs backend 'te' or 'auto', got backend={backend!r}")
         linear = _te().Linear if te_linear else nn.Linear
+        self.dim, self.context_dim = dim, context_dim
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.backend, self.fp8, self.te_linear = backend, fp8, te_linear
         inner = heads * head_dim
@@ -63,15 +64,53 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=eps) if qk_norm else nn.Identity()
         self.out_proj = linear(inner, dim, bias=False)
 
+    def _check_inputs(self, x, context, context_mask) -> None:
+        """Errors naming the argument before torch's own (a shape or dtype deep in a matmul)."""
+        weight = (self.q_proj if self.is_cross else self.qkv_proj).weight
+        # autocast (and TE's linears, with their own params_dtype) mix dtypes by design
+        cast = self.te_linear or torch.is_autocast_enabled(weight.device.type)
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be (B, S, dim={self.dim}), got {got}")
+        if not cast and x.dtype != weight.dtype:
+            raise ValueError(f"x must have the module's dtype {weight.dtype}, got {x.dtype} "
+                             "(convert the module with .to(dtype), or run under torch.autocast)")
+        if x.device != weight.device:
+            raise ValueError(f"x must be on the module's device {weight.device}, got {x.device}")
+        if not self.is_cross:
+            if context is not None:
+                raise ValueError("this is a self-attention block: context must be None")
+            if context_mask is not None:
+                raise ValueError("context_mask is for cross-attention; this is a self-attention "
+                                 "block")
+            return
+        if context is None:
+            raise ValueError(f"this is a cross-attention block: pass context "
+                             f"(B, S_ctx, context_dim={self.context_dim})")
+        if (not isinstance(context, torch.Tensor) or context.dim() != 3
+                or context.shape[0] != x.shape[0] or context.shape[-1] != self.context_dim):
+            got = (f"shape {tuple(context.shape)}" if isinstance(context, torch.Tensor)
+                   else type(context).__name__)
+            raise ValueError(f"context must be (B={x.shape[0]}, S_ctx, context_dim="
+                             f"{self.context_dim}), got {got}")
+        if not cast and context.dtype != weight.dtype:
+            raise ValueError(f"context must have the module's dtype {weight.dtype}, got "
+                             f"{context.dtype}")
+        if context.device != weight.device:
+            raise ValueError(f"context must be on the module's device {weight.device}, got "
+                             f"{context.device}")
+        if context_mask is not None and (
+                not isinstance(context_mask, torch.Tensor) or context_mask.dtype != torch.bool
+                or tuple(context_mask.shape) != tuple(context.shape[:2])):
+            got = (f"{context_mask.dtype} {tuple(context_mask.shape)}"
+                   if isinstance(context_mask, torch.Tensor) else type(context_mask).__name__)
+            raise ValueError(f"context_mask must be bool (B, S_ctx) = {tuple(context.shape[:2])}, "
+                             f"got {got}")
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 rope: Rope | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``context_mask`` (B, S_ctx) bool: context tokens to attend (cross-attention only)."""
-        if x.dim() != 3:
-            raise ValueError(f"x must be (B, S, dim), got shape {tuple(x.shape)}")
-        if self.is_cross and context is None:
-            raise ValueError("this is a cross-attention block: pass context (B, S_ctx, context_dim)")
-        if not self.is_cross and context is not None:
-            raise ValueError("this is a self-attention block: context must be None")
+        self._check_inputs(x, context, context_mask)
         b, s, _ = x.shape
         h, d = self.heads, self.head_dim
         linear_ctx = _te_autocast(self.fp8) if self.te_linear else contextlib.nullcontext()

@@ -9,7 +9,7 @@ import rgbd_kernels as rk
 from rgbd_kernels import dot_product_attention as attn_mod
 from rgbd_kernels.dot_product_attention import attention, attention_reference
 from rgbd_kernels.nn import Attention
-from rgbd_kernels.testing import FP8_TOLERANCE, assert_parity
+from rgbd_kernels.testing import FP8_TOLERANCE, assert_parity, edge_cases
 
 DT_ID = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 TE_MISSING = attn_mod._te() is None
@@ -243,3 +243,98 @@ def test_key_padding_mask_ignores_masked_keys_and_zeroes_empty_rows(backend):
     torch.testing.assert_close(attention(q, k2, v, key_padding_mask=mask, backend=backend), out)
     with pytest.raises(ValueError, match="key_padding_mask must be bool"):
         attention(q, k, v, key_padding_mask=mask.float())
+
+
+# ----------------------------------------------------------------------------- backend honesty
+
+@pytest.mark.parametrize("kernel_backend", ["triton", "cpp", "cuda"])
+def test_use_backend_attention_cannot_serve_raises(kernel_backend):
+    """use_backend names a kernel backend attention does not have: raise, never run SDPA."""
+    q, k, v = (t.detach() for t in qkv(1, 8, 8, 2, 16, torch.float32))
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    self_attn, cross_attn = Attention(32, 2), Attention(32, 2, context_dim=24)
+    x, ctx = torch.randn(1, 5, 32), torch.randn(1, 4, 24)
+    with rk.use_backend(kernel_backend):
+        for call in (lambda: attention(q, k, v), lambda: attention(q, k, v, causal=True),
+                     lambda: attention(q, k, v, key_padding_mask=mask),
+                     lambda: self_attn(x),
+                     lambda: cross_attn(x, ctx, context_mask=torch.ones(1, 4, dtype=torch.bool))):
+            with pytest.raises(rk.BackendUnavailableError,
+                               match=f"attention: backend '{kernel_backend}'.*not implemented"):
+                call()
+        # an explicit backend= argument is the caller's choice and still runs
+        assert_parity(attention(q, k, v, backend="sdpa"), attention_reference(
+            *(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2))
+
+
+# ----------------------------------------------------------------------------- edge values
+
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("backend", ["auto", "sdpa"])
+def test_nan_query_row_gives_nan_row_like_the_reference(backend, layout):
+    q, k, v = (t.detach() for t in qkv(2, 7, 9, 3, 16, torch.float32, layout=layout))
+    q[(1, 3, 2, 5) if layout == "bshd" else (1, 2, 3, 5)] = float("nan")  # one row of one head
+    out = attention(q, k, v, layout=layout, backend=backend)
+    ref = attention(q, k, v, layout=layout, backend="reference")
+    assert torch.isnan(ref).sum() == 16 and torch.isnan(out).sum() == 16
+    assert_parity(out, ref)
+    if layout == "bshd":  # the key-padding path, an all-masked sample still gives 0
+        mask = torch.ones(2, 9, dtype=torch.bool)
+        mask[0] = False
+        q[0, 1, 0, 0] = float("nan")
+        out = attention(q, k, v, key_padding_mask=mask, backend=backend)
+        assert_parity(out, attention(q, k, v, key_padding_mask=mask, backend="reference"))
+        assert (out[0] == 0).all() and torch.isnan(out[1, 3, 2]).all()
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_standard_edge_cases_match_reference(which):
+    """Every standard edge case of rgbd_kernels.testing, put into q, k or v: SDPA ("auto" on
+    CPU) gives the reference's values and the same NaN / inf pattern. Not "near_max": its
+    scores overflow to +-inf (the softmax is undefined), and SDPA's flash-style accumulation of
+    unnormalized weights overflows values above max / S_kv where the reference does not."""
+    base = [t.detach() for t in qkv(2, 6, 6, 2, 8, torch.float32, layout="bhsd")]
+    idx = "qkv".index(which)
+    for name, edged in edge_cases(base[idx], skip=["near_max"]):
+        args = list(base)
+        args[idx] = edged
+        for causal in (False, True):
+            ref = attention(*args, layout="bhsd", causal=causal, backend="reference")
+            out = attention(*args, layout="bhsd", causal=causal)
+            assert_parity(out, ref, name=f"{which}:{name}:causal={causal}")
+
+
+@pytest.mark.parametrize("scale", [math.inf, -math.inf, math.nan, 0.0, True, "0.5"])
+def test_non_finite_or_bad_scale_rejected(scale):
+    q, k, v = (t.detach() for t in qkv(1, 4, 4, 2, 8, torch.float32))
+    with pytest.raises(ValueError, match=r"scale must be a finite positive number.*got"):
+        attention(q, k, v, scale=scale)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m, c, x, ctx: m(torch.randn(2, 5, 48)), r"x must be \(B, S, dim=32\).*\(2, 5, 48\)"),
+    (lambda m, c, x, ctx: m(x.double()), "x must have the module's dtype torch.float32.*float64"),
+    (lambda m, c, x, ctx: m(x, context_mask=torch.ones(2, 5, dtype=torch.bool)),
+     "context_mask is for cross-attention"),
+    (lambda m, c, x, ctx: c(x, torch.randn(2, 4, 20)),
+     r"context must be \(B=2, S_ctx, context_dim=24\).*\(2, 4, 20\)"),
+    (lambda m, c, x, ctx: c(x, torch.randn(3, 4, 24)), r"context must be \(B=2.*\(3, 4, 24\)"),
+    (lambda m, c, x, ctx: c(x, torch.randn(4, 24)), r"context must be .*\(4, 24\)"),
+    (lambda m, c, x, ctx: c(x, ctx.half()), "context must have the module's dtype.*float16"),
+    (lambda m, c, x, ctx: c(x, ctx, context_mask=torch.ones(2, 5, dtype=torch.bool)),
+     r"context_mask must be bool \(B, S_ctx\) = \(2, 4\).*\(2, 5\)"),
+    (lambda m, c, x, ctx: c(x, ctx, context_mask=torch.ones(2, 4)), "context_mask must be bool"),
+])
+def test_module_bad_input_names_the_argument(call, match):
+    m, c = Attention(32, 2), Attention(32, 2, context_dim=24)
+    x, ctx = torch.randn(2, 5, 32), torch.randn(2, 4, 24)
+    with pytest.raises(ValueError, match=match):
+        call(m, c, x, ctx)
+
+
+def test_module_under_autocast_accepts_mixed_dtypes():
+    m = Attention(32, 2)
+    x = torch.randn(2, 5, 32, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    assert out.shape == (2, 5, 32) and torch.isfinite(out).all()
