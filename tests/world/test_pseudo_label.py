@@ -231,3 +231,25 @@ def test_find_and_read_videos(tmp_path):
     assert clip.shape == (5, 24, 28, 3) and clip.dtype == np.uint8
     with pytest.raises(ValueError):
         read_video(videos / "notes.mp4")
+
+
+def test_weighted_mix_of_synthetic_and_pseudo_labelled_shards(models, tmp_path):
+    from rgbd_world.data.mixing import WeightedMix, mixed_rgbd_dataset
+    from rgbd_world.data.shards import generate_dataset
+
+    depth, _, _ = models
+    pseudo = tmp_path / "pseudo"
+    pseudo_label_videos(_write_videos(tmp_path / "videos"), pseudo, depth_model=depth, frames=5,
+                        height=16, width=16, captions=_captions_file(tmp_path), progress=False)
+    synthetic = tmp_path / "synthetic"
+    generate_dataset(synthetic, num_clips=3, frames=5, height=16, width=16, progress=False)
+    kwargs = dict(frames=5, size=(16, 16), augment=False, temporal_compression=4)
+    mix = mixed_rgbd_dataset([(synthetic, 1.0), (pseudo, 3.0)], length=400, seed=1, **kwargs)
+    share = np.mean([mix.source_of(i) for i in range(len(mix))])
+    assert abs(share - 0.75) < 0.08  # 3:1 weights, 400 draws (5 standard errors)
+    again = mixed_rgbd_dataset([(synthetic, 1.0), (pseudo, 3.0)], length=400, seed=1, **kwargs)
+    assert [again.source_of(i) for i in range(50)] == [mix.source_of(i) for i in range(50)]
+    first = {mix.source_of(i): i for i in range(len(mix))}
+    assert not bool(mix[first[1]]["has_poses"]) and bool(mix[first[0]]["has_poses"])
+    with pytest.raises(InvalidArgument, match=r"sources\[1\] weight"):
+        WeightedMix([(mix, 1.0), (mix, -1.0)])
