@@ -318,7 +318,7 @@ def _loss_op(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
     of the reduction's denominator. weight: (B,) in the accumulation dtype; mask: bool with
     v_pred's number of dims.
     """
-    backend = select_backend("flow_matching_loss", v_pred.device, ("triton",))
+    backend = _pick_loss_backend(v_pred.device)
     if backend == "reference":
         return _loss_forward_reference(v_pred, x0, noise, weight, mask, reduction, compute_grad)
     from ._triton import flow_matching as tk
@@ -364,10 +364,20 @@ def _loss_backward_reference(grad: torch.Tensor, factor: torch.Tensor) -> torch.
     return (grad.to(factor.dtype) * factor.reshape(view)).to(grad.dtype)
 
 
+_LOSS_BACKENDS = ("reference", "triton")
+
+
+def _pick_loss_backend(device: torch.device) -> str:
+    return select_backend("flow_matching_loss", device, ("triton",))
+
+
 @torch.library.custom_op("rgbd::flow_matching_loss_backward", mutates_args=())
-def _loss_backward_op(grad: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """grad (B, ...) scaled per sample by factor (B,), in grad's dtype."""
-    backend = select_backend("flow_matching_loss", grad.device, ("triton",))
+def _loss_backward_op(grad: torch.Tensor, factor: torch.Tensor, backend: str) -> torch.Tensor:
+    """grad (B, ...) scaled per sample by factor (B,), in grad's dtype. backend: the forward's
+    (chosen with it, see :func:`_loss_setup`)."""
+    if backend not in _LOSS_BACKENDS:
+        raise ValueError(f"flow_matching_loss backward: backend must be one of {_LOSS_BACKENDS}, "
+                         f"got {backend!r}")
     if backend == "reference":
         return _loss_backward_reference(grad, factor).contiguous()
     from ._triton import flow_matching as tk
@@ -379,7 +389,7 @@ def _loss_backward_op(grad: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 @_loss_backward_op.register_fake
-def _(grad, factor):
+def _(grad, factor, backend):
     return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
 
@@ -389,6 +399,9 @@ def _loss_setup(ctx, inputs, output):
     ctx.computed_grad = compute_grad
     ctx.prescaled = _prescaled(v_pred.dtype)
     ctx.save_for_backward(grad, stats, weight)
+    # Chosen with the forward, inside its use_backend block: the backward may run after the
+    # block has exited, and must use the forward's path.
+    ctx.backend = _pick_loss_backend(v_pred.device)
 
 
 # Hand the forward's gradient buffer back when grad_output is exactly 1 (costs one host read of
@@ -424,7 +437,7 @@ def _loss_backward(ctx, grad_loss, grad_grad, grad_stats):
                 factor = factor * stats[:, 1]
                 if weight is not None:
                     factor = factor * weight.to(stats.dtype)
-            scaled = _loss_backward_op(grad, factor.contiguous())
+            scaled = _loss_backward_op(grad, factor.contiguous(), ctx.backend)
         grad_v = scaled if need_v else None
         if need_x0:  # err = v_pred - noise + x0: d/dx0 = +d/dv_pred
             grad_x0 = scaled.clone() if need_v else scaled

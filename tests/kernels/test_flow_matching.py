@@ -376,7 +376,8 @@ def test_opcheck(backend):
                                              noise.detach(), weight, mask, reduction, True))
         torch.library.opcheck(_loss_op, (v, x0.detach(), noise.detach(), None, None, "mean",
                                          False))
-        torch.library.opcheck(_loss_backward_op, (torch.randn(2, 3, 4, 5, 6), torch.rand(2)))
+        torch.library.opcheck(_loss_backward_op, (torch.randn(2, 3, 4, 5, 6), torch.rand(2),
+                                                  backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -479,7 +480,31 @@ def test_poisoned_buffers_catch_unwritten_outputs():
     v, x0, noise = latents((3, 2, 3, 3, 3))  # inner 54 < BLOCK: partial blocks only
     with rk.use_backend("triton"):
         loss, grad, stats = _loss_op(v, x0, noise, torch.rand(3), frame_mask(3, 3), "none", True)
-        out = _loss_backward_op(grad, torch.rand(3))
+        out = _loss_backward_op(grad, torch.rand(3), "triton")
     for t in (loss, grad, stats, out):
         assert torch.isfinite(t).all()
     assert fm._MIN_ROW > 54
+
+
+# ----------------------------------------------------------------------------- backward backend
+
+@pytest.mark.parametrize("forward,backward", [("triton", "reference"), ("reference", "triton")])
+def test_loss_backward_runs_on_the_forward_backend(monkeypatch, forward, backward):
+    """The backward scales the gradient on the backend its forward used, even when another
+    use_backend is in force at backward time (as causal_conv3d and the disparity ops do)."""
+    from rgbd_kernels._triton import flow_matching as tk
+
+    calls = []
+    real = tk.scale_rows
+    monkeypatch.setattr(tk, "scale_rows", lambda *a: calls.append(1) or real(*a))
+    v, x0, noise = latents((2, 3, 4, 5, 6))
+    v.requires_grad_(True)
+    with rk.use_backend(forward):
+        loss = flow_matching_loss(v, x0, noise, reduction="none")
+    with rk.use_backend(backward):
+        g = torch.rand(2)  # not exactly 1: the backward op runs
+        loss.backward(g)
+    assert len(calls) == (1 if forward == "triton" else 0)
+    v2 = v.detach().clone().requires_grad_(True)
+    flow_matching_loss_reference(v2, x0, noise, reduction="none").backward(g)
+    assert_parity(v.grad, v2.grad)
