@@ -27,7 +27,9 @@ def run_demo(out: Path, steps: int = 300, skip_training: bool = False,
              prompt: str = "a red sphere moves left in front of a blue box") -> Path:
     from rgbd_world.export import write_outputs
     from rgbd_world.pipeline import RGBDPipeline
+    from rgbd_world.validation import check_int
 
+    check_int("steps", steps, 1)
     start = time.perf_counter()
     if skip_training:
         pipe = RGBDPipeline.from_pretrained(DEFAULT_PIPELINE)

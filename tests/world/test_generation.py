@@ -99,3 +99,120 @@ def test_cli_eval_generation_reports_metrics(tmp_path):
     assert {"video_abs_rel", "video_delta1", "tae", "tae_ground_truth",
             "text_coherence_abs_rel"} <= set(m)
     assert 0 <= m["video_delta1"] <= 1 and m["video_abs_rel"] >= 0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"steps": 0}, "steps"), ({"num_frames": 0}, "num_frames"), ({"height": 0}, "height"),
+    ({"width": 0}, "width"), ({"steps": -3}, "steps"), ({"num_frames": 10}, "num_frames"),
+    ({"height": 20}, "height"), ({"guidance": float("nan")}, "guidance"),
+    ({"guidance": float("inf")}, "guidance"), ({"seed": "abc"}, "seed"), ({"seed": 1.5}, "seed"),
+    ({"seed": -1}, "seed"), ({"seed": 2 ** 64}, "seed"), ({"method": "rk4"}, "method"),
+    ({"prompt": 3}, "prompt"), ({"image": np.zeros((0, 32, 3), np.uint8)}, "image"),
+    ({"video": np.zeros((9, 32, 0, 3), np.uint8)}, "video"),
+    ({"image": np.full((8, 8, 3), 300, np.int64)}, "image"),
+    ({"image": np.full((8, 8, 3), 200.0, np.float32)}, "image"),
+    ({"image": np.full((8, 8, 3), np.nan, np.float32)}, "image"),
+    ({"video": np.zeros((3, 8, 8, 3), np.uint8)}, "video"),
+    ({"given_frames": 1, "given_latents": None}, "given_latents"),
+])
+def test_bad_arguments_are_refused_naming_the_argument(pipe, kwargs, name):
+    from rgbd_world.validation import InvalidArgument
+
+    with pytest.raises(InvalidArgument) as exc:
+        pipe(progress=False, **kwargs)
+    assert exc.value.argument == name and str(exc.value).startswith(f"{name}=")
+    assert "allowed" in str(exc.value)
+
+
+def test_integer_images_hold_0_to_255(pipe):
+    image = np.random.default_rng(3).integers(0, 256, (32, 32, 3))
+    as_uint8 = pipe(image=image.astype(np.uint8), steps=1, seed=0, progress=False)
+    as_int64 = pipe(image=image.astype(np.int64), steps=1, seed=0, progress=False)
+    as_float = pipe(image=image.astype(np.float32) / 255, steps=1, seed=0, progress=False)
+    assert torch.equal(as_uint8.latents, as_int64.latents)
+    assert torch.allclose(as_uint8.latents, as_float.latents, atol=1e-5)
+
+
+def _copy_pipeline(tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(DEFAULT_PIPELINE, tmp_path / "p"))
+
+
+@pytest.mark.parametrize("damage,file", [
+    ("truncate", "dit/model.safetensors"), ("mismatch", "dit/config.json"),
+    ("bad_json", "tokenizer/config.json"), ("list", "rgb_tokenizer/config.json"),
+    ("bad_json", "pipeline.json"), ("list", "pipeline.json"), ("missing", "dit/model.safetensors"),
+])
+def test_from_pretrained_errors_name_the_file(tmp_path, damage, file):
+    root = _copy_pipeline(tmp_path)
+    path = root / file
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "mismatch":
+        cfg = json.loads(path.read_text())
+        cfg["depth"] = cfg["depth"] + 1     # one more block than the weights hold
+        path.write_text(json.dumps(cfg))
+    elif damage == "bad_json":
+        path.write_text('{"format": ')
+    elif damage == "list":
+        path.write_text("[1, 2]")
+    else:
+        path.unlink()
+    with pytest.raises((ValueError, FileNotFoundError)) as exc:
+        RGBDPipeline.from_pretrained(root)
+    message = str(exc.value)
+    assert str(path) in message and "\n" not in message and len(message) < 800
+
+
+def test_generate_cli_names_a_damaged_pipeline(tmp_path, capsys):
+    from rgbd_world.cli import main
+
+    root = _copy_pipeline(tmp_path)
+    weights = root / "dit" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["generate", "--pipeline", str(root), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--pipeline" in err and str(weights) in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_sets_are_validated_first_and_replaced_whole(pipe, tmp_path, monkeypatch):
+    from rgbd_world import export
+    from rgbd_world.validation import InvalidArgument
+
+    out = tmp_path / "gen"
+    long = pipe(prompt="a red sphere", num_frames=17, steps=1, progress=False)
+    short = pipe(prompt="a red sphere", num_frames=9, steps=1, progress=False)
+    with pytest.raises(InvalidArgument, match="ply_frame=99"):
+        export.write_outputs(short, out, ply_frame=99)
+    assert not out.exists()                          # refused before anything was written
+    export.write_outputs(long, out, ply_frame=12)
+    assert len(list((out / "disparity").glob("frame_*.png"))) == 17
+    export.write_outputs(short, out, ply_frame=3)
+    assert len(list((out / "disparity").glob("frame_*.png"))) == 9       # no stale frames
+    assert [p.name for p in out.glob("*.ply")] == ["pointcloud_frame3.ply"]
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def killed(*args, **kwargs):                    # a failure in the middle of the set
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(export, "write_ply", killed)
+    with pytest.raises(OSError):
+        export.write_outputs(long, out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # old set intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]              # no temporaries
+    monkeypatch.undo()
+    # what a kill -9 leaves: a temporary directory of a dead writer; the next run removes it
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    stale = tmp_path / f".gen.tmp-{proc.pid}"
+    (stale / "disparity").mkdir(parents=True)
+    export.write_outputs(short, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]
+    (out / "notes.txt").write_text("mine")           # a directory with other files is not ours
+    with pytest.raises(InvalidArgument, match="notes.txt"):
+        export.write_outputs(short, out)
+    assert (out / "notes.txt").exists()
