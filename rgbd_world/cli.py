@@ -34,10 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="print versions and which kernel backends can run here")
     info.set_defaults(func=_info)
-    from rgbd_world.data.cli import add_cache_latents_parser, add_make_data_parser
+    from rgbd_world.data.cli import (add_cache_latents_parser, add_make_data_parser,
+                                     add_pseudo_label_parser)
 
     add_make_data_parser(sub)
     add_cache_latents_parser(sub)
+    add_pseudo_label_parser(sub)
     ev = sub.add_parser("eval-tokenizer", help="PSNR/SSIM and depth AbsRel/delta1/boundary F1 "
                         "of a tokenizer training run on held-out clips")
     ev.add_argument("--run", required=True, help="run directory of train.py --stage tokenizer[-rgb]")

@@ -1,4 +1,4 @@
-"""``rgbd-world make-data`` and ``rgbd-world cache-latents`` (registered by rgbd_world.cli)."""
+"""``rgbd-world make-data``, ``cache-latents`` and ``pseudo-label`` (registered by rgbd_world.cli)."""
 from __future__ import annotations
 
 import argparse
@@ -35,6 +35,55 @@ def _make_data(args: argparse.Namespace) -> int:
                              num_objects=args.num_objects, device=args.device,
                              progress=not args.no_progress)
     print(f"{args.num_clips} clips in {len(paths)} shards under {args.out}")
+    return 0
+
+
+def add_pseudo_label_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "pseudo-label", help="ordinary videos -> RGB-D shards with estimated depth and captions",
+        description="Read every video under --videos (mp4/webm/mov/mkv/avi/gif files and folders "
+                    "of frames), split it into clips, estimate per-frame relative depth with a "
+                    "local model, make it consistent over time, caption each clip, and write "
+                    "shards that training reads like make-data's. Nothing is downloaded. "
+                    "Resumable: rerun the same command after an interruption.")
+    p.add_argument("--videos", required=True, help="directory of videos")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--depth-model", required=True,
+                   help="local Hugging Face depth-estimation directory (DPT, Depth Anything, ...) "
+                        "or a TorchScript file (float32 (N, 3, H, W) in [0, 1] -> (N, H, W))")
+    p.add_argument("--depth-output", default="disparity", choices=["disparity", "depth"],
+                   help="what the depth model returns (default: disparity, as DPT and Depth "
+                        "Anything do)")
+    p.add_argument("--video-depth-model", action="store_true",
+                   help="the depth model is temporally consistent (no per-frame alignment)")
+    p.add_argument("--captioner", default=None,
+                   help="local Hugging Face image-to-text model directory (one caption per clip)")
+    p.add_argument("--captions", default=None,
+                   help="captions file instead: JSON {video name: caption} or "
+                        "'<video name><TAB><caption>' lines")
+    p.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="first frames of consecutive clips this far apart (default: --frames)")
+    p.add_argument("--height", type=int, default=None, help="resize and centre-crop to this")
+    p.add_argument("--width", type=int, default=None, help="resize and centre-crop to this")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_pseudo_label)
+    return p
+
+
+def _pseudo_label(args: argparse.Namespace) -> int:
+    from .pseudo_label import pseudo_label_videos
+
+    report = pseudo_label_videos(args.videos, args.out, depth_model=args.depth_model,
+                                 captioner=args.captioner, captions=args.captions,
+                                 frames=args.frames, stride=args.stride, height=args.height,
+                                 width=args.width, depth_output=args.depth_output,
+                                 temporally_consistent=args.video_depth_model,
+                                 device=args.device, progress=not args.no_progress)
+    print(f"{report['clips']} clips from {report['shards_written']} videos written "
+          f"({report['shards_present']} already there, {len(report['skipped'])} skipped: see "
+          f"{Path(args.out) / 'report.json'}) under {args.out}")
     return 0
 
 

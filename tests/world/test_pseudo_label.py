@@ -253,3 +253,20 @@ def test_weighted_mix_of_synthetic_and_pseudo_labelled_shards(models, tmp_path):
     assert not bool(mix[first[1]]["has_poses"]) and bool(mix[first[0]]["has_poses"])
     with pytest.raises(InvalidArgument, match=r"sources\[1\] weight"):
         WeightedMix([(mix, 1.0), (mix, -1.0)])
+
+
+def test_cli_pseudo_label_then_bad_depth_model(models, tmp_path, capsys):
+    from rgbd_world.cli import main
+
+    depth, captioner, _ = models
+    videos = _write_videos(tmp_path / "videos")
+    code = main(["pseudo-label", "--videos", str(videos), "--out", str(tmp_path / "out"),
+                 "--depth-model", str(depth), "--captioner", str(captioner), "--frames", "5",
+                 "--height", "16", "--width", "16", "--no-progress"])
+    assert code == 0
+    assert "4 clips from 3 videos written" in capsys.readouterr().out
+    code = main(["pseudo-label", "--videos", str(videos), "--out", str(tmp_path / "bad"),
+                 "--depth-model", str(videos / "notes.mp4"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--depth-model" in err[0], err
+    assert not (tmp_path / "bad").exists()
