@@ -8,7 +8,8 @@ t = 1 is noise. Distributions:
   CDF: Phi((logit(t) - loc) / scale).
 
 Shift (SD3 / Cosmos-Predict2): ``t' = k t / (1 + (k - 1) t)``. For k > 0 it maps [0, 1] onto
-[0, 1] monotonically (k > 1 moves mass towards noise); k = 1 is the identity. Cosmos-Predict2
+[0, 1] monotonically (k > 1 moves mass towards noise); k = 1 is the identity. It is evaluated as
+``k t / (k t + (1 - t))``, which keeps 0 and 1 exact and never rounds above 1. Cosmos-Predict2
 derives ``k = sqrt(latent_frames)`` from the number of latent frames (:func:`shift_for_frames`).
 If t has CDF F, the shifted t' has CDF F(t' / (k - (k - 1) t')).
 """
@@ -34,10 +35,35 @@ def _shape(batch_size: int, frames: int | None) -> tuple[int, ...]:
     return (batch_size, frames)
 
 
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def _device(device, generator):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got "
+                         f"{type(generator).__name__} {generator!r}")
     if device is None and generator is not None:
         return generator.device
-    return torch.device("cpu") if device is None else torch.device(device)
+    if device is None:
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch.device, a device string or None, got "
+                         f"{device!r} ({err})") from None
+
+
+def _check_dtype(dtype: object) -> torch.dtype:
+    if dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"dtype must be a real floating dtype (float32, float64, float16 or "
+                         f"bfloat16), got {dtype!r}")
+    return dtype
+
+
+def _check_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def sample_uniform(batch_size: int, *, frames: int | None = None,
@@ -46,7 +72,7 @@ def sample_uniform(batch_size: int, *, frames: int | None = None,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """t ~ U[0, 1): shape (batch_size,), or (batch_size, frames) with one t per latent frame."""
     return torch.rand(_shape(batch_size, frames), generator=generator,
-                      device=_device(device, generator), dtype=dtype)
+                      device=_device(device, generator), dtype=_check_dtype(dtype))
 
 
 def sample_logit_normal(batch_size: int, *, loc: float = 0.0, scale: float = 1.0,
@@ -54,8 +80,10 @@ def sample_logit_normal(batch_size: int, *, loc: float = 0.0, scale: float = 1.0
                         device: torch.device | str | None = None,
                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """t = sigmoid(N(loc, scale^2)): shape (batch_size,) or (batch_size, frames)."""
-    if not (math.isfinite(loc) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"need finite loc and scale > 0, got loc={loc!r}, scale={scale!r}")
+    loc = _check_real("loc", loc)
+    if _check_real("scale", scale) <= 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    _check_dtype(dtype)
     shape = _shape(batch_size, frames)
     u = torch.randn(shape, generator=generator, device=_device(device, generator),
                     dtype=torch.promote_types(dtype, torch.float32))
@@ -95,11 +123,11 @@ def shift_timesteps(t: torch.Tensor | float, shift: float | str | None = None, *
     """
     k = _resolve_shift(shift, latent_frames)
     if isinstance(t, torch.Tensor):
-        if not t.is_floating_point():
-            raise ValueError(f"t must be a floating tensor, got dtype {t.dtype}")
-        x = t.to(torch.promote_types(t.dtype, torch.float32))
-        return (k * x / (1 + (k - 1) * x)).to(t.dtype)
-    return k * t / (1 + (k - 1) * t)
+        x = _check_t(t).to(torch.promote_types(t.dtype, torch.float32))
+        kx = k * x
+        return (kx / (kx + (1 - x))).to(t.dtype)
+    kt = k * _check_real_t(t)
+    return kt / (kt + (1 - t))
 
 
 def unshift_timesteps(t: torch.Tensor | float, shift: float | str | None = None, *,
@@ -107,9 +135,22 @@ def unshift_timesteps(t: torch.Tensor | float, shift: float | str | None = None,
     """Inverse of :func:`shift_timesteps`: ``t = t' / (k - (k - 1) t')``."""
     k = _resolve_shift(shift, latent_frames)
     if isinstance(t, torch.Tensor):
-        x = t.to(torch.promote_types(t.dtype, torch.float32))
-        return (x / (k - (k - 1) * x)).to(t.dtype)
-    return t / (k - (k - 1) * t)
+        x = _check_t(t).to(torch.promote_types(t.dtype, torch.float32))
+        return (x / (k * (1 - x) + x)).to(t.dtype)
+    t = _check_real_t(t)
+    return t / (k * (1 - t) + t)
+
+
+def _check_t(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"t must be a real floating tensor, got dtype {t.dtype}")
+    return t
+
+
+def _check_real_t(t: object) -> float:
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise ValueError(f"t must be a tensor or a number, got {type(t).__name__} {t!r}")
+    return float(t)
 
 
 def sample_timesteps(batch_size: int, *, distribution: str = "logit_normal", loc: float = 0.0,
@@ -133,6 +174,8 @@ def sample_timesteps(batch_size: int, *, distribution: str = "logit_normal", loc
     """
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    if not isinstance(per_frame, bool):
+        raise ValueError(f"per_frame must be a bool, got {per_frame!r}")
     if per_frame and latent_frames is None:
         raise ValueError("per_frame=True needs latent_frames")
     k = _resolve_shift(shift, latent_frames)

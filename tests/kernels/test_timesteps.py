@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+import rgbd_kernels as rk
+from rgbd_kernels.testing import assert_parity, edge_cases, range_endpoints
 from rgbd_kernels.timesteps import (sample_logit_normal, sample_timesteps, sample_uniform,
                                     shift_for_frames, shift_timesteps, timestep_cdf,
                                     unshift_timesteps)
@@ -121,7 +123,7 @@ def test_shift_from_latent_frames():
     (lambda: sample_timesteps(4, per_frame=True), "per_frame=True needs latent_frames"),
     (lambda: sample_timesteps(4, shift="auto"), "latent_frames"),
     (lambda: sample_timesteps(-1), "batch_size.*-1"),
-    (lambda: sample_logit_normal(4, scale=0.0), "scale > 0"),
+    (lambda: sample_logit_normal(4, scale=0.0), "scale must be > 0, got 0.0"),
     (lambda: shift_timesteps(torch.rand(3), -2.0), "shift.*-2.0"),
     (lambda: shift_timesteps(torch.rand(3), float("nan")), "shift.*nan"),
     (lambda: shift_timesteps(torch.ones(3, dtype=torch.int64), 2.0), "t.*int64"),
@@ -129,5 +131,70 @@ def test_shift_from_latent_frames():
     (lambda: sample_uniform(3, frames=0), "frames.*0"),
 ])
 def test_bad_input_raises_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# ----------------------------------------------------------------------------- edge values
+
+SHIFTS = [0.2, 0.25, 1 / 3, 0.9, 1.0, 1.1, 1.7, 3.0, math.sqrt(21), 1e-3, 1e3]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=str)
+def test_shift_keeps_unit_interval_ends_exact(dtype):
+    """0 -> 0 and 1 -> 1 exactly and nothing rounds outside [0, 1] (k t / (1 + (k-1) t) gave
+    1.0000001 for t = 1, k = 0.2 in float32)."""
+    t = range_endpoints(0.0, 1.0, dtype)
+    for k in SHIFTS:
+        for f in (shift_timesteps, unshift_timesteps):
+            s = f(t, k)
+            assert s.dtype == dtype and ((s >= 0) & (s <= 1)).all(), (f.__name__, k, s)
+            assert s[0] == 0 and s[1] == 1, (f.__name__, k, s)
+            assert f(0.0, k) == 0.0 and f(1.0, k) == 1.0, (f.__name__, k)
+
+
+def test_shift_standard_edge_cases_match_float64_formula():
+    t = torch.rand(64)
+    for name, x in edge_cases(t, names=["nan_element", "subnormal", "constant", "signed_zeros"]):
+        for k in (0.2, 3.0):
+            x64 = x.double()
+            ref = (k * x64 / (1 + (k - 1) * x64)).float()
+            assert_parity(shift_timesteps(x, k), ref, name=f"{name}:k={k}")
+
+
+def test_sampled_timesteps_never_exceed_one_and_feed_flow_interpolate():
+    g = torch.Generator().manual_seed(0)
+    for shift in (0.2, 0.5, 3.0):  # loc = 30: sigmoid rounds to exactly 1 in float32
+        t = sample_timesteps(256, loc=30.0, shift=shift, generator=g)
+        assert (t == 1).any() and (t <= 1).all()
+        x0 = torch.randn(256, 3)
+        rk.flow_interpolate(x0, torch.randn(256, 3), t)  # range-checked: raises above 1
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64,
+                                   torch.uint8, "float32", None])
+def test_non_float_dtype_rejected(dtype):
+    for call in (lambda: sample_timesteps(4, dtype=dtype),
+                 lambda: sample_timesteps(4, distribution="uniform", dtype=dtype),
+                 lambda: sample_logit_normal(4, dtype=dtype),
+                 lambda: sample_uniform(4, dtype=dtype)):
+        with pytest.raises(ValueError, match=r"dtype must be a real floating dtype.*got"):
+            call()
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: sample_timesteps(4, loc="0"), r"loc must be a finite number, got '0'"),
+    (lambda: sample_logit_normal(4, loc=float("inf")), r"loc must be a finite number, got inf"),
+    (lambda: sample_logit_normal(4, scale="1"), r"scale must be a finite number, got '1'"),
+    (lambda: sample_timesteps(4, generator=0), r"generator must be a torch.Generator.*int 0"),
+    (lambda: sample_uniform(4, generator="cpu"), r"generator must be a torch.Generator"),
+    (lambda: sample_timesteps(4, device="nowhere"), r"device must be .*'nowhere'"),
+    (lambda: sample_timesteps(4, per_frame="yes", latent_frames=3), r"per_frame must be a bool"),
+    (lambda: shift_timesteps("0.5", 2.0), r"t must be a tensor or a number, got str"),
+    (lambda: unshift_timesteps(torch.ones(2, dtype=torch.complex64), 2.0), r"t must be a real.*complex"),
+    (lambda: shift_timesteps(torch.ones(2, dtype=torch.bool), 2.0), r"t must be a real.*bool"),
+])
+def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
