@@ -385,3 +385,66 @@ def test_real_middlebury_pair_as_a_panning_clip(tmp_path):
     err = (aligned - target)[valid].abs()
     assert scale > 0 and err.max() < 0.05 and err.mean() < 0.01  # mm quantization of depth
     assert s["depth"][0][valid].min() > 1 and s["depth"][0][valid].max() < 10
+
+
+# ----------------------------------------------------------------------------- odd clips
+
+def _write_shard(path, clips):
+    """A shard holding ``clips``: name -> (rgb, depth, K, poses) as given (any dtype/shape)."""
+    from rgbd_world.data.shards import write_npz_atomic
+
+    arrays, meta = {}, []
+    for name, (rgb, depth, K, poses) in clips.items():
+        arrays.update({f"{name}/rgb": rgb, f"{name}/depth": depth, f"{name}/K": K,
+                       f"{name}/poses": poses})
+        meta.append({"name": name, "frames": len(rgb), "caption": name})
+    arrays["meta"] = np.array(json.dumps({"format": "rgbd-world-shard", "version": 1,
+                                          "clips": meta}))
+    write_npz_atomic(path, arrays)
+
+
+def _clip(T=9, H=12, W=16, seed=0):
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8)
+    depth = rng.uniform(1, 5, (T, H, W)).astype(np.float32)
+    K = np.array([[10, 0, W / 2], [0, 10, H / 2], [0, 0, 1]], np.float32)
+    poses = np.tile(np.eye(4, dtype=np.float32), (T, 1, 1))
+    poses[:, 0, 3] = np.arange(T) * 0.1
+    return rgb, depth, K, poses
+
+
+def test_poses_3x4_are_completed_and_flip(tmp_path):
+    rgb, depth, K, poses = _clip()
+    _write_shard(tmp_path / "shard-000000.npz", {"c34": (rgb, depth, K, poses[:, :3])})
+    s = RGBDVideoDataset(tmp_path, frames=9, size=(12, 16), augment=False)[0]
+    assert s["poses"].shape == (9, 4, 4) and torch.equal(s["poses"], torch.from_numpy(poses))
+    flipped = RGBDVideoDataset(tmp_path, frames=9, size=(12, 16), flip_prob=1.0)[0]
+    assert flipped["flipped"] and flipped["poses"].shape == (9, 4, 4)
+    # a folder clip with poses.npy of shape (T, 3, 4)
+    _write_folder_clip(tmp_path / "folder" / "c", rgb, depth, npy=True, poses=None)
+    np.save(tmp_path / "folder" / "c" / "poses.npy", poses[:, :3])
+    f = RGBDVideoDataset(tmp_path / "folder", frames=9, size=(12, 16), augment=False)
+    assert f.num_skipped == 0 and torch.equal(f[0]["poses"], torch.from_numpy(poses))
+
+
+def test_empty_frames_are_skipped_not_a_crash(tmp_path):
+    rgb, depth, K, poses = _clip()
+    _write_shard(tmp_path / "shard-000000.npz", {
+        "a_empty": (np.zeros((9, 0, 0, 3), np.uint8), np.zeros((9, 0, 0), np.float32), K, poses),
+        "b_good": (rgb, depth, K, poses)})
+    ds = RGBDVideoDataset(tmp_path, frames=9, size=(12, 16), augment=False)
+    with pytest.warns(BadSampleWarning, match="a_empty.*0x0"):
+        s = ds[0]
+    assert s["caption"] == "b_good" and ds.num_skipped == 1
+
+
+def test_float_rgb_in_0_1_is_not_divided_again(tmp_path):
+    rgb, depth, K, poses = _clip()
+    _write_shard(tmp_path / "shard-000000.npz", {
+        "u8": (rgb, depth, K, poses), "f32": (rgb.astype(np.float32) / 255, depth, K, poses),
+        "f32_255": (rgb.astype(np.float32), depth, K, poses)})
+    ds = RGBDVideoDataset(tmp_path, frames=9, size=(12, 16), augment=False)
+    by_name = {ds[i]["caption"]: ds[i] for i in range(2)}
+    torch.testing.assert_close(by_name["f32"]["rgb"], by_name["u8"]["rgb"], rtol=0, atol=1e-6)
+    with pytest.warns(BadSampleWarning, match="float RGB must be finite and in \\[0, 1\\]"):
+        assert ds[2]["caption"] == "u8"           # the 0..255 float clip is skipped

@@ -209,3 +209,41 @@ def test_cli_cache_latents(data, tmp_path, capsys):
     cache = LatentDataset(out)
     assert len(cache) == 5 and cache[0]["latent"].shape == (4, 2, 2, 3)
     assert np.isfinite(cache[0]["latent"].numpy()).all() and cache[0]["latent"].std() > 0
+
+
+def test_failed_run_does_not_poison_the_cache_directory(data, tmp_path):
+    ds = RGBDVideoDataset(data, frames=9, size=(16, 24), augment=False)
+
+    def broken(video):
+        raise RuntimeError("encoder failed on the first batch")
+
+    with pytest.raises(RuntimeError):
+        encode_dataset(ds, broken, tmp_path, progress=False, encoder_name="broken")
+    assert (tmp_path / "latents-manifest.json").exists() and not list(tmp_path.glob("latents-*.npz"))
+    # the corrected run (another encoder) is not refused: nothing was cached yet
+    encode_dataset(ds, pool_encoder, tmp_path, progress=False, encoder_name="pool")
+    assert len(LatentDataset(tmp_path)) == 5
+
+
+def test_cli_refuses_an_rgb_tokenizer_before_writing(data, tmp_path, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    from rgbd_world.tokenizer import VideoTokenizer
+    from rgbd_world.tokenizer.checkpoint import config_to_dict
+
+    tok = VideoTokenizer("tiny", in_channels=3)      # what train.py --stage tokenizer-rgb makes
+    run = tmp_path / "rgb-run"
+    step = run / "checkpoints" / "step_000000001"
+    step.mkdir(parents=True)
+    (run / "model_config.json").write_text(json.dumps({"tokenizer": config_to_dict(tok.config)}))
+    save_file({k: v.contiguous() for k, v in tok.state_dict().items()}, step / "model.safetensors")
+    save_file({}, step / "ema.safetensors")
+    (step / "COMPLETE").write_text("ok")
+    out = tmp_path / "out"
+    assert _cli(["cache-latents", "--tokenizer", str(run), "--data", str(data), "--out", str(out),
+                 "--frames", "9", "--height", "16", "--width", "24", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--tokenizer" in err and "--rgb-tokenizer" in err
+    assert not out.exists()
