@@ -133,7 +133,8 @@ def test_evaluate_generation_reports_depthcrafter_on_the_exported_depth(tmp_path
     from rgbd_world.eval.tokenizer_eval import PROCEDURAL_MAX_DEPTH
     from rgbd_world.pipeline import RGBDPipeline
 
-    pipe = RGBDPipeline.from_pretrained(Path(__file__).resolve().parents[2] / "assets" / "tiny-rgbd")
+    root = Path(__file__).resolve().parents[2]
+    pipe = RGBDPipeline.from_pretrained(root / "assets" / "tiny-rgbd")
     got = evaluate_generation(pipe, num_clips=1, steps=2, data_dir=tmp_path, text_mode=False)
     d = pipe.defaults
     clip = RGBDVideoDataset(tmp_path, frames=d["num_frames"], size=(d["height"], d["width"]),
