@@ -384,7 +384,14 @@ def test_bad_input_raises_value_error(fn, kwargs, match):
     (dict(groups=0), "groups must be a positive int"),
     (dict(padding_mode="reflect"), "padding_mode"), (dict(time_pad="circular"), "time_pad"),
     (dict(stride=(3, 1, 1), kernel_size=(2, 3, 3)), "stride"), (dict(padding=-1), "padding"),
-    (dict(padding="same"), "padding")])
+    (dict(padding="same"), "padding"),
+    # a bool is not an int here (CausalConv3d(True, 3, 3) used to build a 1-channel conv)
+    (dict(in_channels=True), "in_channels must be a positive int, got True"),
+    (dict(out_channels=False), "out_channels must be a positive int, got False"),
+    (dict(kernel_size=True), "kernel_size must be an int or a tuple of 3 ints, got True"),
+    (dict(stride=(1, True, 1)), "stride must be an int or a tuple of 3 ints"),
+    (dict(groups=True), "groups must be a positive int, got True"),
+    (dict(in_channels=4.0), "in_channels must be a positive int, got 4.0")])
 def test_module_bad_arguments(kwargs, match):
     args = dict(in_channels=4, out_channels=4, kernel_size=3) | kwargs
     with pytest.raises(ValueError, match=match):
@@ -577,3 +584,26 @@ def test_gpu_parity_tokenizer_shape(dtype):
                       W=31)):
         for layout in ("channels_last", "contiguous"):
             check_parity(case, dtype, layout)
+
+
+# ----------------------------------------------------------------------------- edge values
+
+@pytest.mark.parametrize("where", ["x", "weight"])
+def test_standard_edge_cases_triton_matches_reference(where):
+    """The standard edge cases of rgbd_kernels.testing in x or the weight: Triton forward gives
+    the reference's values and NaN / inf pattern (SiLU fused). Not "near_max": products of two
+    near-max values overflow in either path, in an order-dependent way."""
+    from rgbd_kernels.testing import edge_cases
+
+    x = torch.randn(1, 3, 4, 5, 6, device=DEVICE)
+    w = torch.randn(4, 3, 2, 3, 3, device=DEVICE)
+    b = torch.randn(4, device=DEVICE)
+    base = x if where == "x" else w
+    for name, edged in edge_cases(base, skip=["near_max"]):
+        xs, ws = (edged, w) if where == "x" else (x, edged)
+        kw = dict(padding=1, activation="silu")
+        with use_backend("reference"):
+            ref = causal_conv3d(xs, ws, b, **kw)
+        with use_backend("triton"):
+            out = causal_conv3d(xs, ws, b, **kw)
+        assert_parity(out, ref, rtol=fp32_tol(), name=f"{where}:{name}")

@@ -508,3 +508,31 @@ def test_loss_backward_runs_on_the_forward_backend(monkeypatch, forward, backwar
     v2 = v.detach().clone().requires_grad_(True)
     flow_matching_loss_reference(v2, x0, noise, reduction="none").backward(g)
     assert_parity(v.grad, v2.grad)
+
+
+# ----------------------------------------------------------------------------- edge values
+
+def test_standard_edge_cases_triton_matches_reference():
+    """The standard edge cases of rgbd_kernels.testing in v_pred, x0 or noise: the Triton
+    interpolation and loss (each reduction, with its gradient) give the reference's values and
+    NaN / inf pattern."""
+    from rgbd_kernels.testing import edge_cases
+
+    base = latents(SMALL_VIDEO)
+    t = torch.rand(SMALL_VIDEO[0])
+    for idx, which in enumerate(("v_pred", "x0", "noise")):
+        for name, edged in edge_cases(base[idx]):
+            args = list(base)
+            args[idx] = edged
+            results = {}
+            for backend in BACKENDS:
+                with rk.use_backend(backend):
+                    v = args[0].clone().requires_grad_(True)
+                    out = [flow_interpolate(args[1], args[2], t, check_range=False)]
+                    for reduction in REDUCTIONS:
+                        loss = flow_matching_loss(v, args[1], args[2], reduction=reduction)
+                        (g,) = torch.autograd.grad(loss.sum() * 1.5, v)
+                        out += [loss, g]
+                results[backend] = out
+            for i, (a, r) in enumerate(zip(results["triton"], results["reference"])):
+                assert_parity(a, r, name=f"{which}:{name}:{i}")
