@@ -18,6 +18,12 @@ block's AdaLN-LoRA of the PER-FRAME timestep embedding (one vector per latent fr
 over that frame's tokens) -> final ``LN * (1 + scale) + shift`` (AdaLN-LoRA) + linear ->
 unpatchify to (B, latent_channels, T, H, W).
 
+Layout options (``DiTConfig``; :data:`rgbd_world.dit.config.PREDICT2` is Cosmos-Predict2's):
+the timestep path and AdaLN form (``modulation``), MLP biases and GELU, final-layer bias and
+feature order, RoPE layout and per-axis scaling. With the Predict2 options the model computes
+what diffusers' ``CosmosTransformer3DModel`` computes (``DiT.from_diffusers`` /
+``dit.to_diffusers()``, :mod:`rgbd_world.dit.diffusers_compat`).
+
 Initialisation (adaLN-Zero): every AdaLN-LoRA up-projection (hence every gate, shift and scale)
 and the final linear start at zero, so the initial velocity is exactly 0 and the first
 gradients reach the final layer and the gates.
@@ -39,7 +45,7 @@ from rgbd_kernels._nvtx import nvtx_range
 from rgbd_kernels.nn import Attention
 
 from .config import DiTConfig
-from .modulation import AdaLNLoRA, TimestepEmbedding, modulate
+from .modulation import AdaLNLoRA, Predict2TimestepEmbedding, TimestepEmbedding, modulate
 from .rope import Rope3D
 
 PATCH = (1, 2, 2)
@@ -51,18 +57,34 @@ class DiTBlock(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         d = cfg.hidden
-        self.self_attn = Attention(d, cfg.heads, backend=cfg.backend, fp8=cfg.fp8)
-        self.cross_attn = Attention(d, cfg.heads, context_dim=cfg.text_dim, backend=cfg.backend)
-        self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(approximate="tanh"),
-                                 nn.Linear(cfg.mlp_ratio * d, d))
-        # 9 vectors per frame: (shift, scale, gate) x (self-attn, cross-attn, MLP)
-        self.modulation = AdaLNLoRA(d, cfg.adaln_rank, 9)
+        self.self_attn = Attention(d, cfg.heads, backend=cfg.backend, fp8=cfg.fp8,
+                                   eps=cfg.qk_norm_eps)
+        self.cross_attn = Attention(d, cfg.heads, context_dim=cfg.text_dim, backend=cfg.backend,
+                                    eps=cfg.qk_norm_eps)
+        self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d, bias=cfg.mlp_bias),
+                                 nn.GELU(approximate=cfg.gelu),
+                                 nn.Linear(cfg.mlp_ratio * d, d, bias=cfg.mlp_bias))
+        if cfg.modulation == "block":
+            # 9 vectors per frame: (shift, scale, gate) x (self-attn, cross-attn, MLP)
+            self.modulation = AdaLNLoRA(d, cfg.adaln_rank, 9)
+        else:  # Predict2: one LoRA per sublayer, plus the shared base of the timestep MLP
+            self.modulation_self_attn = AdaLNLoRA(d, cfg.adaln_rank, 3)
+            self.modulation_cross_attn = AdaLNLoRA(d, cfg.adaln_rank, 3)
+            self.modulation_mlp = AdaLNLoRA(d, cfg.adaln_rank, 3)
+
+    def modulations(self, emb: torch.Tensor, base: torch.Tensor | None = None):
+        """The 9 (B, T, 1, D) vectors (shift, scale, gate) x (self-attn, cross-attn, MLP)."""
+        if base is None:
+            return self.modulation(emb)
+        return (self.modulation_self_attn(emb, base) + self.modulation_cross_attn(emb, base)
+                + self.modulation_mlp(emb, base))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, text: torch.Tensor,
-                text_mask: torch.Tensor | None, rope) -> torch.Tensor:
-        """x (B, T, N, D) tokens per frame, emb (B, T, D), text (B, L, text_dim)."""
+                text_mask: torch.Tensor | None, rope, base: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, N, D) tokens per frame, emb (B, T, D), text (B, L, text_dim); ``base``
+        (B, T, 3D): the shared modulation of ``modulation="sublayer"`` (else None)."""
         b, t, n, d = x.shape
-        s1, c1, g1, s2, c2, g2, s3, c3, g3 = self.modulation(emb)
+        s1, c1, g1, s2, c2, g2, s3, c3, g3 = self.modulations(emb, base)
         h = modulate(x, s1, c1).reshape(b, t * n, d)
         x = x + g1 * self.self_attn(h, rope=rope).view(b, t, n, d)
         h = modulate(x, s2, c2).reshape(b, t * n, d)
@@ -76,7 +98,8 @@ class DiT(nn.Module):
     Args:
         x: noisy latent (B, latent_channels, T, H, W), H and W even.
         t: flow-matching time in [0, 1], (B,) (shared by every frame) or (B, T) per latent frame
-            (e.g. 0 on frames given clean); embedded as the sinusoid of 1000 t.
+            (e.g. 0 on frames given clean); embedded as the sinusoid of ``timestep_scale * t``
+            (1000 t by default, t in the Predict2 layout).
         text: (B, L, text_dim) text embeddings; text_mask: (B, L) bool, True = attend, or None
             (all attend). An all-False row is the null text of classifier-free guidance.
         cond: (B, cond_channels, T, H, W) RGB conditioning latent, or None (zeros).
@@ -100,21 +123,39 @@ class DiT(nn.Module):
         self.config = cfg
         d, p = cfg.hidden, PATCH[1] * PATCH[2]
         self.patch_embed = nn.Linear(cfg.in_channels * p, d, bias=False)
-        self.time_embed = TimestepEmbedding(d, cfg.timestep_dim)
+        if cfg.modulation == "block":
+            self.time_embed = TimestepEmbedding(d, cfg.timestep_dim, scale=cfg.timestep_scale)
+        else:
+            self.time_embed = Predict2TimestepEmbedding(d, scale=cfg.timestep_scale)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final_modulation = AdaLNLoRA(d, cfg.adaln_rank, 2)
-        self.final = nn.Linear(d, cfg.latent_channels * p)
+        self.final = nn.Linear(d, cfg.latent_channels * p, bias=cfg.final_bias)
         nn.init.zeros_(self.final.weight)
-        nn.init.zeros_(self.final.bias)
+        if self.final.bias is not None:
+            nn.init.zeros_(self.final.bias)
         self._rope_cache: dict = {}
+
+    # ------------------------------------------------------------------ diffusers interop
+    @classmethod
+    def from_diffusers(cls, transformer, **overrides) -> "DiT":
+        """The DiT of a diffusers ``CosmosTransformer3DModel`` (same weights and outputs; the
+        call and timestep mapping are in :mod:`rgbd_world.dit.diffusers_compat`)."""
+        from .diffusers_compat import dit_from_diffusers
+        return dit_from_diffusers(transformer, **overrides)
+
+    def to_diffusers(self):
+        """This (Predict2-layout) DiT as a diffusers ``CosmosTransformer3DModel``."""
+        from .diffusers_compat import dit_to_diffusers
+        return dit_to_diffusers(self)
 
     # ------------------------------------------------------------------ helpers
     def rope(self, frames: int, height: int, width: int, device) -> Rope3D:
         """The 3D RoPE of a token grid (frames, height, width) = (T, H/2, W/2), cached (last one)."""
         key = (frames, height, width, str(device))
         if key not in self._rope_cache:
-            self._rope_cache = {key: Rope3D(frames, height, width, self.config.head_dim,
-                                            self.config.rope_theta, device)}
+            cfg = self.config
+            self._rope_cache = {key: Rope3D(frames, height, width, cfg.head_dim, cfg.rope_theta,
+                                            device, scale=cfg.rope_scale, layout=cfg.rope_layout)}
         return self._rope_cache[key]
 
     def _check(self, x, t, text, text_mask, cond, cond_mask, padding_mask):
@@ -158,10 +199,14 @@ class DiT(nn.Module):
         return x.reshape(b, t, (h // 2) * (w // 2), c * 4)
 
     def unpatchify(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(B, T, H/2 * W/2, C_lat * 4) -> (B, C_lat, T, H, W), the inverse of :meth:`patchify`."""
+        """(B, T, H/2 * W/2, C_lat * 4) -> (B, C_lat, T, H, W): features ordered (c, dh, dw)
+        (the inverse of :meth:`patchify`), or (dh, dw, c) with ``unpatchify_order="dh_dw_c"``."""
         b, t, _, _ = x.shape
         c = self.config.latent_channels
-        x = x.reshape(b, t, h // 2, w // 2, c, 2, 2).permute(0, 4, 1, 2, 5, 3, 6)
+        if self.config.unpatchify_order == "dh_dw_c":
+            x = x.reshape(b, t, h // 2, w // 2, 2, 2, c).permute(0, 6, 1, 2, 4, 3, 5)
+        else:
+            x = x.reshape(b, t, h // 2, w // 2, c, 2, 2).permute(0, 4, 1, 2, 5, 3, 6)
         return x.reshape(b, c, t, h, w)
 
     def build_input(self, x, cond=None, cond_mask=None, padding_mask=None) -> torch.Tensor:
@@ -183,15 +228,19 @@ class DiT(nn.Module):
             inp = self.build_input(x, cond, cond_mask, padding_mask).to(dtype)
             tokens = self.patch_embed(self.patchify(inp))  # (B, T, N, D)
             t = t.reshape(b, 1).expand(b, frames) if t.dim() == 1 else t
-            emb = self.time_embed(t)  # (B, T, D): sinusoid of 1000 t in float32 inside
+            emb = self.time_embed(t)  # (B, T, D): sinusoid of timestep_scale * t in float32
+            base = None
+            if isinstance(emb, tuple):  # modulation="sublayer": (normed sinusoid, shared base)
+                emb, base = emb
         rope = self.rope(frames, h // 2, w // 2, x.device)
         text = text.to(tokens.dtype)
         if text_mask is not None:
             text_mask = text_mask.to(x.device)
         for block in self.blocks:
             with nvtx_range("dit.block"):
-                tokens = block(tokens, emb, text, text_mask, rope)
-        shift, scale = self.final_modulation(emb)
+                tokens = block(tokens, emb, text, text_mask, rope, base)
+        shift, scale = self.final_modulation(
+            emb, None if base is None else base[..., :2 * self.config.hidden])
         out = self.final(modulate(tokens, shift, scale))
         return self.unpatchify(out, h, w).to(x.dtype)
 

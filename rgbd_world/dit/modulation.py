@@ -14,6 +14,11 @@
   as the identity. (Cosmos-Predict2 gives each sublayer its own rank-256 LoRA and adds a shared
   3-vector base from the timestep MLP; one LoRA per block keeps the same per-frame form with
   fewer parameters: 10 * hidden * rank per block instead of 12.)
+* :class:`Predict2TimestepEmbedding` (``modulation="sublayer"``, Cosmos-Predict2's form): the
+  sinusoid of ``scale * t`` at the model width ``f``; returns ``emb = RMSNorm(f)`` (affine, eps
+  1e-6; what every AdaLN-LoRA reads) and ``base = linear_2(SiLU(linear_1(f)))`` (no biases,
+  hidden -> hidden -> 3 hidden): a (shift, scale, gate) added to every sublayer's LoRA output
+  (its first two thirds to the final layer's shift, scale). ``linear_2`` starts at zero.
 * :func:`modulate`: ``LN(x) * (1 + scale) + shift`` with a LayerNorm without affine (eps 1e-6).
 """
 from __future__ import annotations
@@ -39,16 +44,34 @@ def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.
 
 
 class TimestepEmbedding(nn.Module):
-    """t (B, T) in [0, 1] -> (B, T, hidden): MLP(sinusoidal(1000 t))."""
+    """t (B, T) in [0, 1] -> (B, T, hidden): MLP(sinusoidal(scale t)), scale 1000 by default."""
 
-    def __init__(self, hidden: int, freq_dim: int = 256):
+    def __init__(self, hidden: int, freq_dim: int = 256, scale: float = TIME_SCALE):
         super().__init__()
-        self.freq_dim = freq_dim
+        self.freq_dim, self.scale = freq_dim, scale
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        feats = sinusoidal(t.float() * TIME_SCALE, self.freq_dim)
+        feats = sinusoidal(t.float() * self.scale, self.freq_dim)
         return self.mlp(feats.to(self.mlp[0].weight.dtype))
+
+
+class Predict2TimestepEmbedding(nn.Module):
+    """t (B, T) in [0, 1] -> (emb (B, T, hidden), base (B, T, 3 hidden)); see the module
+    docstring. ``scale``: the sinusoid is of ``scale * t`` (Predict2: 1)."""
+
+    def __init__(self, hidden: int, scale: float = 1.0, eps: float = 1e-6):
+        super().__init__()
+        self.hidden, self.scale = hidden, scale
+        self.linear_1 = nn.Linear(hidden, hidden, bias=False)
+        self.linear_2 = nn.Linear(hidden, 3 * hidden, bias=False)
+        self.norm = nn.RMSNorm(hidden, eps=eps)
+        nn.init.zeros_(self.linear_2.weight)  # adaLN-Zero: the shared gate starts at 0
+
+    def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = sinusoidal(t.float() * self.scale, self.hidden).to(self.linear_1.weight.dtype)
+        base = self.linear_2(F.silu(self.linear_1(feats)))
+        return self.norm(feats), base
 
 
 class AdaLNLoRA(nn.Module):
@@ -63,8 +86,11 @@ class AdaLNLoRA(nn.Module):
         self.up = nn.Linear(rank, chunks * hidden, bias=False)
         nn.init.zeros_(self.up.weight)
 
-    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, emb: torch.Tensor, base: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """``base`` (B, T, chunks * hidden), optional: added before the split (Predict2)."""
         out = self.up(self.down(F.silu(emb)))
+        if base is not None:
+            out = out + base
         return tuple(c.unsqueeze(-2) for c in out.chunk(self.chunks, dim=-1))
 
 
