@@ -67,6 +67,8 @@ def _check_inputs(pred_disparity, gt_depth, valid, protocol, min_depth, max_dept
         if t.dim() != 4:
             raise ValueError(f"{name} must be (B, T, H, W) (a single clip: add [None]), got shape "
                              f"{tuple(t.shape)}")
+        if t.numel() == 0:
+            raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
     if pred_disparity.shape != gt_depth.shape:
         raise ValueError(f"pred_disparity and gt_depth must have the same shape, got "
                          f"{tuple(pred_disparity.shape)} and {tuple(gt_depth.shape)}")

@@ -350,6 +350,8 @@ def test_bad_arguments_name_argument_and_value(kwargs, exc, words):
 def test_bad_inputs_name_argument_and_shape():
     with pytest.raises(ValueError, match=r"pred_disparity must be \(B, T, H, W\).*\(2, 3, 4\)"):
         video_depth_metrics(torch.rand(2, 3, 4), torch.rand(2, 3, 4))
+    with pytest.raises(ValueError, match=r"pred_disparity must not be empty.*\(1, 2, 0, 4\)"):
+        video_depth_metrics(torch.rand(1, 2, 0, 4), torch.rand(1, 2, 0, 4))
     with pytest.raises(ValueError, match=r"same shape.*\(1, 2, 3, 4\) and \(1, 2, 3, 5\)"):
         video_depth_metrics(torch.rand(1, 2, 3, 4), torch.rand(1, 2, 3, 5))
     with pytest.raises(TypeError, match="gt_depth must be a floating-point tensor.*int64"):
