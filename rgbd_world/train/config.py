@@ -30,7 +30,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "model": {"preset": "tiny", "geometry_channels": 0, "teacher": "", "dit_preset": "tiny",
               "text_encoder": "byte", "tokenizer": "", "rgb_tokenizer": "",
-              "perceptual_net": ""},
+              "perceptual_net": "", "init": ""},
     "optim": {
         "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.01, "warmup_steps": 50,
         "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.999,

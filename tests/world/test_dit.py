@@ -15,8 +15,8 @@ C, CC, TD = 8, 6, 32
 
 
 def tiny(**kw):
-    cfg = DiTConfig.preset("tiny", latent_channels=C, cond_channels=CC, text_dim=TD, hidden=48,
-                           heads=4, depth=2, adaln_rank=8, **kw)
+    cfg = DiTConfig.preset("tiny", **{**dict(latent_channels=C, cond_channels=CC, text_dim=TD,
+                                             hidden=48, heads=4, depth=2, adaln_rank=8), **kw})
     return DiT(cfg)
 
 
@@ -508,3 +508,91 @@ def test_denoiser_with_precomputed_text_equals_encoding_the_prompts():
     trainable = RGBDDenoiser(tiny(), ByteTextEncoder(TD))
     with pytest.raises(ValueError, match="frozen text encoder"):
         trainable(x, t, prompts, text=(emb, mask))
+
+
+# ----------------------------------------------------------------------------- Predict2 layout, inflation
+
+def _all_random(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / max(p.shape[-1], 1) ** 0.5
+                    + (1.0 if p.dim() == 1 else 0.0))
+    return model
+
+
+def _predict2_tiny(**kw):
+    from rgbd_world.dit.config import PREDICT2
+    return tiny(timestep_dim=48, **{**PREDICT2, **kw})
+
+
+def test_predict2_layout_starts_at_zero_and_trains_every_part():
+    model = _predict2_tiny()
+    assert model.config.is_predict2 and model.final.bias is None
+    assert model.blocks[0].mlp[0].bias is None and model.blocks[0].mlp[1].approximate == "none"
+    x, t, text, mask = inputs()
+    v = model(x, t, text, mask)
+    assert torch.equal(v, torch.zeros_like(v))   # adaLN-Zero: LoRA ups and shared base at 0
+    randomize_zero_init(model)
+    with torch.no_grad():
+        model.time_embed.linear_2.weight.normal_(0, 0.1)
+    model.zero_grad()
+    model(x, t, text, mask).square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_predict2_rope_is_global_rotate_half_with_scaled_axes():
+    from rgbd_world.dit.rope import Rope3D
+    d = 24
+    dt, dh, dw = rope_split(d)
+    rope = Rope3D(2, 3, 4, d, scale=(1.0, 3.0, 2.0), layout="global")
+    x = torch.randn(1, 24, 1, d, dtype=torch.float64)
+    out = rope(x.float()).double()
+    # explicit: channel i < D/2 pairs with i + D/2; the first half holds [t | h | w] frequencies
+    pos = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(3), torch.arange(4),
+                                     indexing="ij"), -1).reshape(-1, 3).double()
+    angles = []
+    for axis, (n, s) in enumerate(zip((dt, dh, dw), (1.0, 3.0, 2.0))):
+        theta = 10000.0 * s ** (n / (n - 2))
+        angles.append(pos[:, axis:axis + 1] * theta ** (-torch.arange(0, n, 2).double() / n))
+    ang = torch.cat(angles, -1)[None, :, None, :]
+    a, b = x[..., :d // 2], x[..., d // 2:]
+    ref = torch.cat([a * ang.cos() - b * ang.sin(), b * ang.cos() + a * ang.sin()], -1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["default", "predict2"])
+def test_inflate_dit_to_rgbd_keeps_the_pretrained_prediction(layout):
+    from rgbd_world.dit.pretrained import inflate_dit_to_rgbd
+    base = _predict2_tiny(cond_channels=0) if layout == "predict2" else tiny(cond_channels=0)
+    _all_random(base).double().eval()
+    big = inflate_dit_to_rgbd(base, latent_channels=C + 3, cond_channels=5).eval()
+    assert big.config.in_channels == C + 3 + 5 + 2 and big.config.is_predict2 == (layout == "predict2")
+    x, t, text, mask = (v.double() if v.is_floating_point() else v for v in inputs(seed=2))
+    b, _, frames, h, w = x.shape
+    g = torch.Generator().manual_seed(3)
+    cm = torch.zeros(b, frames, dtype=torch.float64)
+    cm[:, 0] = 1.0
+    pad = (torch.rand(b, 1, frames, h, w, generator=g) > 0.7).double()
+    with torch.no_grad():
+        ref = base(x, t, text, mask, cond_mask=cm, padding_mask=pad)
+        outs = []
+        for seed in (4, 5):  # any values of the new latent and conditioning channels
+            gg = torch.Generator().manual_seed(seed)
+            x_new = torch.cat([x, torch.randn(b, 3, frames, h, w, generator=gg,
+                                              dtype=torch.float64)], 1)
+            cond = torch.randn(b, 5, frames, h, w, generator=gg, dtype=torch.float64)
+            outs.append(big(x_new, t, text, mask, cond=cond, cond_mask=cm, padding_mask=pad))
+    for out in outs:
+        assert ((out[:, :C] - ref).norm() / ref.norm()).item() <= 1e-12
+        assert torch.equal(out[:, C:], torch.zeros_like(out[:, C:]))  # new channels: velocity 0
+    assert torch.equal(outs[0][:, :C], outs[1][:, :C])  # the new inputs have no effect at all
+    # ... but they are trainable: their patch-embedding columns get gradients
+    big.train()
+    big(torch.randn(b, C + 3, frames, h, w, dtype=torch.float64), t, text, mask,
+        cond=torch.randn(b, 5, frames, h, w, dtype=torch.float64)).square().sum().backward()
+    grad = big.patch_embed.weight.grad.view(big.config.hidden, -1, 4)
+    assert grad[:, C:C + 3 + 5].abs().sum() > 0
+    with pytest.raises(ValueError, match="widens only"):
+        inflate_dit_to_rgbd(base, latent_channels=C - 1, cond_channels=0)

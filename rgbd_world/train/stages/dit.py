@@ -44,12 +44,40 @@ class DiTStage(Stage):
         self.rgb_tokenizer = load_rgb_tokenizer(m["tokenizer"], m["rgb_tokenizer"]).to(dev)
         self.rgb_tokenizer.eval().requires_grad_(False)
         self.text_encoder = build_text_encoder(m["text_encoder"])
-        self.dit_config = DiTConfig.preset(
-            m["dit_preset"], latent_channels=self.tokenizer.latent_channels,
-            cond_channels=self.rgb_tokenizer.latent_channels, text_dim=self.text_encoder.dim,
-            fp8=bool(self.cfg["parallel"]["fp8"]))
-        self.model = RGBDDenoiser(DiT(self.dit_config), self.text_encoder)
+        if m.get("init"):
+            dit = self._pretrained_dit(m["init"])
+            self.dit_config = dit.config
+        else:
+            self.dit_config = DiTConfig.preset(
+                m["dit_preset"], latent_channels=self.tokenizer.latent_channels,
+                cond_channels=self.rgb_tokenizer.latent_channels, text_dim=self.text_encoder.dim,
+                fp8=bool(self.cfg["parallel"]["fp8"]))
+            dit = DiT(self.dit_config)
+        self.model = RGBDDenoiser(dit, self.text_encoder)
         return self.model
+
+    def _pretrained_dit(self, path: str):
+        """``model.init``: a pretrained DiT (diffusers directory, Cosmos-Predict2 checkpoint or
+        our DiT run / pipeline), inflated to this run's RGBD latent and RGB conditioning
+        channels (its predictions of the channels it knows are unchanged at step 0)."""
+        from rgbd_world.dit.pretrained import inflate_dit_to_rgbd, load_pretrained_dit
+
+        dit = load_pretrained_dit(path)
+        c = dit.config
+        if c.text_dim != self.text_encoder.dim:
+            raise ValueError(f"model.init={path}: the pretrained DiT reads {c.text_dim}-d text "
+                             f"embeddings, but model.text_encoder={self.cfg['model']['text_encoder']!r}"
+                             f" gives {self.text_encoder.dim}-d: use the text encoder it was "
+                             "trained with (Cosmos-Predict2: a local T5 directory)")
+        want = (self.tokenizer.latent_channels, self.rgb_tokenizer.latent_channels)
+        if c.latent_channels > want[0] or c.cond_channels > want[1]:
+            raise ValueError(f"model.init={path}: the pretrained DiT has latent/cond channels "
+                             f"{c.latent_channels}/{c.cond_channels}, more than this run's "
+                             f"RGBD/RGB tokenizers make ({want[0]}/{want[1]})")
+        if self.info.is_main:
+            print(f"stage dit: initialised from {path} ({c.name}: hidden {c.hidden}, depth "
+                  f"{c.depth}), inflated to latent/cond channels {want[0]}/{want[1]}", flush=True)
+        return inflate_dit_to_rgbd(dit, *want, fp8=bool(self.cfg["parallel"]["fp8"]))
 
     def model_config(self) -> dict[str, Any]:
         import dataclasses

@@ -1,0 +1,156 @@
+"""Starting stage 2 from a pretrained DiT: load it (any of three kinds) and inflate it to RGBD.
+
+    dit = load_pretrained_dit(path)        # diffusers dir | Predict2 checkpoint | our DiT
+    rgbd = inflate_dit_to_rgbd(dit, latent_channels=16 + g, cond_channels=16)
+
+:func:`load_pretrained_dit` recognises
+
+* a diffusers ``CosmosTransformer3DModel`` directory (``config.json`` with that ``_class_name``,
+  or a pipeline directory with ``transformer/``): :func:`~.diffusers_compat.load_diffusers_dit`;
+* a file: NVIDIA's Cosmos-Predict2 DiT checkpoint (``net.*`` keys):
+  :func:`~.diffusers_compat.load_predict2_checkpoint`;
+* our DiT: a ``train.py --stage dit`` run directory (``model_config.json`` with a "dit" entry;
+  its newest complete checkpoint, EMA weights) or a saved ``RGBDPipeline`` directory
+  (``pipeline.json`` + ``dit/``).
+
+Anything else is a :class:`~.diffusers_compat.DiTLoadError` naming what was expected and found.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .config import DiTConfig
+from .diffusers_compat import DiTLoadError, load_diffusers_dit, load_predict2_checkpoint
+from .model import DiT
+
+__all__ = ["load_pretrained_dit", "inflate_dit_to_rgbd"]
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _config_from_dict(data: dict) -> DiTConfig:
+    fields = {f.name for f in dataclasses.fields(DiTConfig)}
+    return DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+                        if k in fields})
+
+
+def _dit_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The DiT's tensors of a denoiser state dict (``dit.*``), or the dict itself."""
+    if any(k.startswith("dit.") for k in state):
+        return {k[4:]: v for k, v in state.items() if k.startswith("dit.")}
+    return state
+
+
+def _load_ours(config: dict, files: list[Path], where: Path) -> DiT:
+    from safetensors.torch import load_file
+
+    cfg = _config_from_dict(config)
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    model = DiT(cfg)
+    missing, unexpected = model.load_state_dict(_dit_state(state), strict=False)
+    if missing or unexpected:
+        raise DiTLoadError(f"{where}: the DiT weights do not match its config ({cfg.name}, "
+                           f"hidden {cfg.hidden}, depth {cfg.depth}): missing {missing[:8]}, "
+                           f"unexpected {unexpected[:8]}")
+    return model.eval()
+
+
+def _newest_checkpoint(run: Path) -> Path:
+    root = run / "checkpoints"
+    done = sorted((p for p in root.iterdir() if _STEP_DIR.match(p.name)
+                   and (p / "COMPLETE").exists()), key=lambda p: int(_STEP_DIR.match(p.name)[1]),
+                  reverse=True) if root.is_dir() else []
+    if not done:
+        raise DiTLoadError(f"{run}: expected a complete checkpoint under {root}, found none")
+    return done[0]
+
+
+def load_pretrained_dit(path: str | Path, **overrides) -> DiT:
+    """A pretrained DiT of any supported kind (module docstring), on the CPU, eval mode.
+    ``overrides``: run-time config fields (backend, fp8)."""
+    p = Path(path)
+    if not p.exists():
+        raise DiTLoadError(f"model.init: {p} does not exist (expected a diffusers "
+                           "CosmosTransformer3DModel directory, a Cosmos-Predict2 checkpoint "
+                           "file or a DiT run / pipeline directory)")
+    if p.is_file():
+        return load_predict2_checkpoint(p, **overrides)
+    if (p / "model_config.json").is_file():
+        mcfg = json.loads((p / "model_config.json").read_text())
+        if "dit" not in mcfg:
+            raise DiTLoadError(f"{p}: expected a 'train.py --stage dit' run, found a run "
+                               f"without a DiT (model_config.json keys {sorted(mcfg)})")
+        ckpt = _newest_checkpoint(p)
+        files = [ckpt / "model.safetensors"] + ([ckpt / "ema.safetensors"]
+                                                 if (ckpt / "ema.safetensors").exists() else [])
+        model = _load_ours(dict(mcfg["dit"], **overrides), files, ckpt)
+        return model
+    if (p / "pipeline.json").is_file() and (p / "dit" / "config.json").is_file():
+        config = json.loads((p / "dit" / "config.json").read_text())
+        return _load_ours(dict(config, **overrides), [p / "dit" / "model.safetensors"], p / "dit")
+    if (p / "config.json").is_file() or (p / "transformer" / "config.json").is_file():
+        return load_diffusers_dit(p, **overrides)
+    raise DiTLoadError(f"model.init: {p} is a directory but not a known DiT: expected config.json "
+                       "(diffusers), model_config.json (a DiT run) or pipeline.json (a saved "
+                       f"pipeline), found {sorted(x.name for x in p.iterdir())[:10]}")
+
+
+def inflate_dit_to_rgbd(dit: DiT, latent_channels: int, cond_channels: int,
+                        **overrides) -> DiT:
+    """A DiT for ``latent_channels`` noisy-latent channels and ``cond_channels`` conditioning
+    channels, initialised from ``dit`` so that its prediction of ``dit``'s channels is
+    ``dit``'s for any value of the new channels (the tokenizer's inflation, for the DiT).
+
+    ``dit`` sees [x (L), cond (C), condition mask, padding mask]; the new model [x (L'), cond
+    (C'), condition mask, padding mask] with L' >= L (the RGB latent channels first, then the
+    RGBD tokenizer's geometry channels) and C' >= C. The patch embedding's columns of old
+    channels are copied to their new positions (x_i -> x_i, cond_j -> cond_j, masks -> masks)
+    and the new columns are zero, so the new inputs do not change anything at initialisation;
+    the final linear's rows of old output channels are copied, the new rows (and bias) are zero
+    (a zero velocity for the new channels; they still get gradients). Everything else is
+    copied unchanged. ``overrides``: other config fields (backend, fp8, ...).
+    """
+    cfg = dit.config
+    if latent_channels < cfg.latent_channels or cond_channels < cfg.cond_channels:
+        raise ValueError(f"inflate_dit_to_rgbd widens only: the DiT has latent_channels="
+                         f"{cfg.latent_channels}, cond_channels={cfg.cond_channels}; got "
+                         f"latent_channels={latent_channels}, cond_channels={cond_channels}")
+    new_cfg = dataclasses.replace(cfg, latent_channels=latent_channels,
+                                  cond_channels=cond_channels, name=f"{cfg.name}+rgbd",
+                                  **overrides)
+    param = next(dit.parameters())
+    new = DiT(new_cfg).to(device=param.device, dtype=param.dtype)
+    L, C = cfg.latent_channels, cfg.cond_channels
+    # old input channel -> new input channel
+    in_map = list(range(L)) + [latent_channels + j for j in range(C)] + \
+        [latent_channels + cond_channels, latent_channels + cond_channels + 1]
+    old_sd, new_sd = dit.state_dict(), new.state_dict()
+    with torch.no_grad():
+        for key, t in new_sd.items():
+            o = old_sd[key]
+            if key == "patch_embed.weight":
+                t.zero_()
+                for old_ch, new_ch in enumerate(in_map):
+                    t[:, new_ch * 4:(new_ch + 1) * 4] = o[:, old_ch * 4:(old_ch + 1) * 4]
+            elif key in ("final.weight", "final.bias"):
+                t.zero_()
+                # output features: (c, dh, dw) -> c * 4 + k; (dh, dw, c) -> k * C_out + c
+                for c in range(L):
+                    for k in range(4):
+                        if cfg.unpatchify_order == "dh_dw_c":
+                            t[k * latent_channels + c] = o[k * L + c]
+                        else:
+                            t[c * 4 + k] = o[c * 4 + k]
+            elif o.shape == t.shape:
+                t.copy_(o)
+            else:  # pragma: no cover - a config change this function does not know
+                raise RuntimeError(f"inflate_dit_to_rgbd: unexpected shape change of {key}: "
+                                   f"{tuple(o.shape)} -> {tuple(t.shape)}")
+    return new.train(dit.training)
