@@ -22,9 +22,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 TORCH_LIBRARY(rgbd_C, m) {
   m.def("depth_to_disparity(Tensor depth, float min_depth, float max_depth, Tensor(a!) disparity, "
         "Tensor(b!) valid) -> ()");
-  m.def("normalize_disparity(Tensor values, Tensor valid, Tensor(a!) out, Tensor(b!) stats) -> ()");
+  m.def("normalize_disparity(Tensor values, Tensor? valid, Tensor(a!) out, Tensor(b!) stats) -> ()");
   m.def("normalize_disparity_backward(Tensor grad_out, Tensor grad_stats, Tensor values, "
-        "Tensor valid, Tensor stats, Tensor(a!) grad_values) -> ()");
+        "Tensor? valid, Tensor stats, Tensor(a!) grad_values) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(rgbd_C, CPU, m) {

@@ -1,16 +1,25 @@
 // C++ CPU kernels for depth -> disparity and affine-invariant disparity normalization.
-// Median by selection, float32 math and double accumulators for every input dtype. Many groups:
-// one thread per group, std::nth_element (O(N)). Fewer large groups than threads (one clip with
-// per="clip", as a data loader calls it): every thread works on each group, the median by a
-// two-pass radix select (16-bit histograms per thread over order-preserving float keys).
+// Float32 values, double accumulators, for every input dtype. The valid mask is optional: without
+// one, a value is valid when finite and > 0, tested here in the same pass that reads it.
+// Median by radix selection over order-preserving uint32 keys of the float values:
+// * many groups (per-frame): one thread per group; one pass compacts the valid values into a
+//   buffer while building an 11-bit histogram of their top key bits, then two passes over the
+//   shrinking candidate set (11 and 10 bits) pin the exact key;
+// * fewer large groups than threads (one clip with per="clip", as a data loader calls it): every
+//   thread works on each group, two passes of 16-bit histograms over the whole group.
+// Edge values: the midpoint of the two middle values and the deviations are computed in double
+// (no overflow near FLT_MAX); a group whose scale is subnormal, or whose deviations could reach
+// FLT_MAX, is written through double arithmetic, so the output is finite for every finite input.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "ops.h"
@@ -27,24 +36,93 @@ void check_rows(const at::Tensor& t, const char* name) {
 
 inline float sign_of(float x) { return static_cast<float>((x > 0.f) - (x < 0.f)); }
 
+// A value is used when the mask says so (or, without a mask, when it is > 0) and it is finite.
+// Plain comparisons (NaN compares false) joined with `&`, and the mask read as bytes, so the
+// loops using it have no branches and vectorize.
+inline bool usable(float v, const uint8_t* vg, int64_t i) {
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  return vg ? ((vg[i] != 0) & (std::fabs(v) < inf)) : ((v > 0.f) & (v < inf));
+}
+
+// r where keep, else +0 (a bit mask rather than a branch, so the loop vectorizes).
+inline float keep_if(bool keep, float r) {
+  uint32_t b;
+  std::memcpy(&b, &r, sizeof(b));
+  b &= 0u - static_cast<uint32_t>(keep);
+  std::memcpy(&r, &b, sizeof(r));
+  return r;
+}
+
+// Per-group statistics and how to write the output.
+struct GroupStats {
+  int64_t count = 0;
+  float lo = 0.f, hi = 0.f, shift = 0.f, scale = 1.f;
+  bool ok = false;    // count > 0 and scale > 0
+  bool wide = false;  // write through double: subnormal scale, or deviations near FLT_MAX
+};
+
+// The midpoint of the two middle values, rounded once (lo + hi in double cannot overflow).
+inline float midpoint(float lo, float hi) {
+  return static_cast<float>(0.5 * (static_cast<double>(lo) + static_cast<double>(hi)));
+}
+
+// Fill scale/ok/wide from the sum of |v - shift| (double) over the count valid values.
+inline void finish_stats(GroupStats& s, double deviation_sum) {
+  if (s.count == 0) return;
+  s.scale = static_cast<float>(deviation_sum / static_cast<double>(s.count));
+  s.ok = s.scale > 0.f;
+  // Every |v - shift| <= count * scale: below 2^126 the float difference cannot overflow, and a
+  // normal scale keeps 0.5 / scale finite.
+  s.wide = s.ok && (!(s.scale >= FLT_MIN) ||
+                    static_cast<double>(s.count) * s.scale > std::ldexp(1.0, 126));
+}
+
 // Write a group's stats row [shift, scale, lo, hi, count]; a degenerate group (no valid value,
-// or zero deviation) gets shift 0, scale 1, count 0. Returns false for a degenerate group
-// (whose output is all zeros).
-inline bool write_stats(float* st, int64_t count, float lo, float hi, float shift, float scale) {
-  const bool ok = count > 0 && scale > 0.f;
-  st[0] = ok ? shift : 0.f;
-  st[1] = ok ? scale : 1.f;
-  st[2] = lo;
-  st[3] = hi;
-  st[4] = ok ? static_cast<float>(count) : 0.f;
-  return ok;
+// or zero deviation) gets shift 0, scale 1, count 0.
+inline void write_stats(float* st, const GroupStats& s) {
+  st[0] = s.ok ? s.shift : 0.f;
+  st[1] = s.ok ? s.scale : 1.f;
+  st[2] = s.lo;
+  st[3] = s.hi;
+  st[4] = s.ok ? static_cast<float>(s.count) : 0.f;
+}
+
+// normalized = 0.5 (v - shift) / scale on used values of [b, e), 0 elsewhere.
+template <typename scalar_t>
+void write_normalized(const scalar_t* xg, const uint8_t* vg, scalar_t* yg, int64_t b, int64_t e,
+                      const GroupStats& s) {
+  if (!s.ok) {
+    for (int64_t i = b; i < e; ++i) yg[i] = static_cast<scalar_t>(0.f);
+  } else if (!s.wide) {
+    const float shift = s.shift;
+    const float h = static_cast<float>(0.5 / static_cast<double>(s.scale));
+    if (vg) {
+      for (int64_t i = b; i < e; ++i) {
+        const float v = static_cast<float>(xg[i]);
+        yg[i] = static_cast<scalar_t>(keep_if(usable(v, vg, i), (v - shift) * h));
+      }
+    } else {  // the same loop with the mask test known at compile time
+      for (int64_t i = b; i < e; ++i) {
+        const float v = static_cast<float>(xg[i]);
+        yg[i] = static_cast<scalar_t>(keep_if(usable(v, nullptr, i), (v - shift) * h));
+      }
+    }
+  } else {
+    const double shift = s.shift, h = 0.5 / static_cast<double>(s.scale);
+    for (int64_t i = b; i < e; ++i) {
+      const float v = static_cast<float>(xg[i]);
+      yg[i] = static_cast<scalar_t>(
+          usable(v, vg, i) ? static_cast<float>((static_cast<double>(v) - shift) * h) : 0.f);
+    }
+  }
 }
 
 // Order-preserving float <-> uint32 keys (negatives flipped, positives offset by the sign bit).
 inline uint32_t float_key(float v) {
   uint32_t u;
   std::memcpy(&u, &v, sizeof(u));
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  // negative: flip every bit; positive: set the sign bit (branch-free)
+  return u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u);
 }
 inline float key_float(uint32_t k) {
   const uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
@@ -53,33 +131,153 @@ inline float key_float(uint32_t k) {
   return v;
 }
 
+// ------------------------------------------------------------------ one thread per group
+
+constexpr int kTopBits = 11, kMidBits = 11, kLowBits = 10;  // 32 key bits, top to bottom
+
+// Index of the bin holding 0-based rank r of hist[0..bins), and r's rank inside it.
+inline int pick_bin(const int64_t* hist, int bins, int64_t r, int64_t& inside) {
+  int64_t before = 0;
+  for (int b = 0; b < bins; ++b) {
+    if (r < before + hist[b]) {
+      inside = r - before;
+      return b;
+    }
+    before += hist[b];
+  }
+  TORCH_CHECK(false, "normalize_disparity_cpu: rank ", r, " past the histogram (internal error)");
+  return -1;
+}
+
+// Scratch of one thread: the group's valid values and the candidates of the second level.
+struct SelectScratch {
+  std::vector<float> values, candidates;
+  std::vector<int64_t> hist;    // level 1 (summed), 2 and 3
+  std::vector<uint32_t> parts;  // level 1: kParts interleaved histograms (no store-forward chains)
+};
+constexpr int kParts = 4;
+
+// Median statistics of one group (values vals[0..count), histogram of their top key bits in
+// top): lo and hi (the two middle order statistics), shift, then the deviation sum.
+GroupStats group_median_stats(SelectScratch& sc, int64_t count) {
+  GroupStats s;
+  s.count = count;
+  if (count == 0) return s;
+  const float* vals = sc.values.data();
+  const int64_t r = count / 2;  // rank of hi; lo has rank r - 1 for even counts
+  int64_t inside = 0;
+  const uint32_t b1 = static_cast<uint32_t>(pick_bin(sc.hist.data(), 1 << kTopBits, r, inside));
+  // level 2: compact the candidates in bin b1, histogram their next 11 bits
+  float* cand = sc.candidates.data();
+  int64_t m = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    cand[m] = vals[i];
+    m += (float_key(vals[i]) >> (32 - kTopBits)) == b1;
+  }
+  int64_t* h2 = sc.hist.data() + (1 << kTopBits);
+  std::fill(h2, h2 + (1 << kMidBits), 0);
+  for (int64_t i = 0; i < m; ++i) ++h2[(float_key(cand[i]) >> kLowBits) & ((1u << kMidBits) - 1)];
+  const uint32_t b2 = static_cast<uint32_t>(pick_bin(h2, 1 << kMidBits, inside, inside));
+  const uint32_t prefix = (b1 << kMidBits) | b2;
+  // level 3: the last 10 bits among the candidates sharing the 22-bit prefix
+  int64_t m3 = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    cand[m3] = cand[i];
+    m3 += (float_key(cand[i]) >> kLowBits) == prefix;
+  }
+  int64_t* h3 = h2 + (1 << kMidBits);
+  std::fill(h3, h3 + (1 << kLowBits), 0);
+  for (int64_t i = 0; i < m3; ++i) ++h3[float_key(cand[i]) & ((1u << kLowBits) - 1)];
+  const uint32_t b3 = static_cast<uint32_t>(pick_bin(h3, 1 << kLowBits, inside, inside));
+  s.hi = key_float((prefix << kLowBits) | b3);
+  if (count % 2 == 1 || inside > 0) {
+    s.lo = s.hi;  // odd count, or rank r - 1 holds a value tied with hi
+  } else {  // rank r - 1 is the largest value below hi
+    const float hi = s.hi;
+    constexpr float ninf = -std::numeric_limits<float>::infinity();
+    float lo[4] = {ninf, ninf, ninf, ninf};
+    int64_t i = 0;
+    for (; i + 4 <= count; i += 4)
+      for (int j = 0; j < 4; ++j) {
+        const float c = vals[i + j] < hi ? vals[i + j] : ninf;
+        lo[j] = lo[j] > c ? lo[j] : c;
+      }
+    for (; i < count; ++i) lo[0] = std::max(lo[0], vals[i] < hi ? vals[i] : ninf);
+    s.lo = std::max(std::max(lo[0], lo[1]), std::max(lo[2], lo[3]));
+  }
+  s.shift = midpoint(s.lo, s.hi);
+  const double shift = s.shift;
+  double acc[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: the adds overlap
+  int64_t i = 0;
+  for (; i + 4 <= count; i += 4)
+    for (int j = 0; j < 4; ++j) acc[j] += std::fabs(static_cast<double>(vals[i + j]) - shift);
+  for (; i < count; ++i) acc[0] += std::fabs(static_cast<double>(vals[i]) - shift);
+  finish_stats(s, (acc[0] + acc[1]) + (acc[2] + acc[3]));
+  return s;
+}
+
+// One pass over a group: compact the valid values into vals, histogram their top key bits into
+// kParts interleaved histograms (consecutive values often share a bin). Returns the count.
+template <typename scalar_t>
+int64_t compact_and_histogram(const scalar_t* xg, const uint8_t* vg, int64_t n, float* vals,
+                              uint32_t* parts) {
+  std::fill(parts, parts + kParts * (1 << kTopBits), 0u);
+  int64_t count = 0, i = 0;
+  for (; i + kParts <= n; i += kParts)
+    for (int j = 0; j < kParts; ++j) {
+      const float v = static_cast<float>(xg[i + j]);
+      const bool use = usable(v, vg, i + j);
+      vals[count] = v;
+      count += use;
+      parts[j * (1 << kTopBits) + (float_key(v) >> (32 - kTopBits))] += use;
+    }
+  for (; i < n; ++i) {
+    const float v = static_cast<float>(xg[i]);
+    const bool use = usable(v, vg, i);
+    vals[count] = v;
+    count += use;
+    parts[float_key(v) >> (32 - kTopBits)] += use;
+  }
+  return count;
+}
+
+template <typename scalar_t>
+void normalize_group(const scalar_t* xg, const uint8_t* vg, scalar_t* yg, float* st, int64_t n,
+                     SelectScratch& sc) {
+  const int64_t count = vg ? compact_and_histogram(xg, vg, n, sc.values.data(), sc.parts.data())
+                           : compact_and_histogram(xg, static_cast<const uint8_t*>(nullptr), n,
+                                                   sc.values.data(), sc.parts.data());
+  int64_t* h1 = sc.hist.data();
+  for (int b = 0; b < (1 << kTopBits); ++b) {
+    int64_t c = 0;
+    for (int j = 0; j < kParts; ++j) c += sc.parts[j * (1 << kTopBits) + b];
+    h1[b] = c;
+  }
+  const GroupStats s = group_median_stats(sc, count);
+  write_stats(st, s);
+  write_normalized(xg, vg, yg, 0, n, s);
+}
+
+// ------------------------------------------------------------------ every thread on one group
+
 constexpr int64_t kThreadedGroupMin = int64_t{1} << 17;  // below this, one thread per group
 constexpr int kBins = 1 << 16;
 
 // The bin holding 0-based rank r of a histogram, and r's rank inside that bin.
 inline void find_rank(const std::vector<int64_t>& hist, int64_t r, int64_t& bin, int64_t& inside) {
-  int64_t before = 0;
-  for (int64_t b = 0; b < kBins; ++b) {
-    if (r < before + hist[b]) {
-      bin = b;
-      inside = r - before;
-      return;
-    }
-    before += hist[b];
-  }
-  TORCH_CHECK(false, "normalize_disparity_cpu: rank ", r, " past the histogram (internal error)");
+  bin = pick_bin(hist.data(), kBins, r, inside);
 }
 
-// Normalize one group (row of n values) using every thread; writes y and st like the
-// per-group loop below.
+// Normalize one group (row of n values) using every thread; writes y and st like
+// normalize_group.
 template <typename scalar_t>
-void normalize_group_threaded(const scalar_t* xg, const bool* vg, scalar_t* yg, float* st,
+void normalize_group_threaded(const scalar_t* xg, const uint8_t* vg, scalar_t* yg, float* st,
                               int64_t n) {
   const int threads = at::get_num_threads();
   const int64_t grain = std::max<int64_t>(n / threads, 1 << 12);
   auto value_at = [&](int64_t i, float& v) {
     v = static_cast<float>(xg[i]);
-    return vg[i] && std::isfinite(v);
+    return usable(v, vg, i);
   };
   // pass 1: histogram of the top 16 key bits, per thread, then summed
   std::vector<uint32_t> local(static_cast<size_t>(threads) * kBins, 0);
@@ -90,14 +288,13 @@ void normalize_group_threaded(const scalar_t* xg, const bool* vg, scalar_t* yg, 
       if (value_at(i, v)) ++h[float_key(v) >> 16];
   });
   std::vector<int64_t> top(kBins, 0);
-  int64_t count = 0;
+  GroupStats s;
   for (int t = 0; t < threads; ++t)
     for (int b = 0; b < kBins; ++b) top[b] += local[static_cast<size_t>(t) * kBins + b];
-  for (int b = 0; b < kBins; ++b) count += top[b];
-  float lo = 0.f, hi = 0.f, shift = 0.f, scale = 0.f;
-  if (count > 0) {
+  for (int b = 0; b < kBins; ++b) s.count += top[b];
+  if (s.count > 0) {
     // ranks of the two middle order statistics (equal for odd counts)
-    const int64_t r_hi = count / 2, r_lo = (count % 2 == 1) ? r_hi : r_hi - 1;
+    const int64_t r_hi = s.count / 2, r_lo = (s.count % 2 == 1) ? r_hi : r_hi - 1;
     int64_t bin_hi, in_hi, bin_lo, in_lo;
     find_rank(top, r_hi, bin_hi, in_hi);
     find_rank(top, r_lo, bin_lo, in_lo);
@@ -123,30 +320,25 @@ void normalize_group_threaded(const scalar_t* xg, const bool* vg, scalar_t* yg, 
       find_rank(low, inside, low_bin, unused);
       return key_float(static_cast<uint32_t>((bin << 16) | low_bin));
     };
-    hi = select(local, bin_hi, in_hi);
-    lo = bin_lo == bin_hi ? select(local, bin_lo, in_lo) : select(local_lo, bin_lo, in_lo);
-    shift = 0.5f * (lo + hi);
+    s.hi = select(local, bin_hi, in_hi);
+    s.lo = bin_lo == bin_hi ? select(local, bin_lo, in_lo) : select(local_lo, bin_lo, in_lo);
+    s.shift = midpoint(s.lo, s.hi);
+    const double shift = s.shift;
     std::vector<double> acc(threads, 0.0);
     at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
       double a = 0.0;
       float v;
       for (int64_t i = b; i < e; ++i)
-        if (value_at(i, v)) a += std::fabs(static_cast<double>(v - shift));
+        if (value_at(i, v)) a += std::fabs(static_cast<double>(v) - shift);
       acc[at::get_thread_num()] += a;
     });
     double total = 0.0;
     for (const double a : acc) total += a;
-    scale = static_cast<float>(total / static_cast<double>(count));
+    finish_stats(s, total);
   }
-  const bool ok = write_stats(st, count, lo, hi, shift, scale);
-  const float half_inv_scale = ok ? 0.5f / scale : 0.f;
-  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
-    float v;
-    for (int64_t i = b; i < e; ++i) {
-      const bool use = ok && value_at(i, v);
-      yg[i] = static_cast<scalar_t>(use ? (v - shift) * half_inv_scale : 0.f);
-    }
-  });
+  write_stats(st, s);
+  at::parallel_for(0, n, grain,
+                   [&](int64_t b, int64_t e) { write_normalized(xg, vg, yg, b, e, s); });
 }
 
 }  // namespace
@@ -169,85 +361,76 @@ void depth_to_disparity_cpu(const at::Tensor& depth, double min_depth, double ma
     at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const float z = static_cast<float>(d[i]);
-        const bool ok = std::isfinite(z) && z > 0.f && z >= lo && z <= hi;
+        const bool in_range = std::isfinite(z) && z > 0.f && z >= lo && z <= hi;
+        // a disparity that overflows the dtype (fp16: depth below ~1.5e-5) is not valid
+        const scalar_t inv = static_cast<scalar_t>(in_range ? 1.f / z : 0.f);
+        const bool ok = in_range && std::isfinite(static_cast<float>(inv));
         vptr[i] = ok;
-        out[i] = static_cast<scalar_t>(ok ? 1.f / z : 0.f);
+        out[i] = ok ? inv : static_cast<scalar_t>(0.f);
       }
     });
   });
 }
 
-void normalize_disparity_cpu(const at::Tensor& values, const at::Tensor& valid, at::Tensor& out,
-                             at::Tensor& stats) {
+void normalize_disparity_cpu(const at::Tensor& values, const std::optional<at::Tensor>& valid,
+                             at::Tensor& out, at::Tensor& stats) {
   check_rows(values, "values");
-  check_rows(valid, "valid");
   check_rows(out, "out");
   check_rows(stats, "stats");
   TORCH_CHECK(values.dim() == 2, "values must be (G, N)");
-  TORCH_CHECK(valid.sizes() == values.sizes() && out.sizes() == values.sizes(), "shape mismatch");
-  TORCH_CHECK(valid.scalar_type() == at::kBool, "valid must be bool");
+  TORCH_CHECK(out.sizes() == values.sizes(), "shape mismatch");
+  const uint8_t* vptr = nullptr;  // bool mask read as bytes (0 or 1)
+  if (valid.has_value() && valid->defined()) {
+    check_rows(*valid, "valid");
+    TORCH_CHECK(valid->sizes() == values.sizes(), "shape mismatch");
+    TORCH_CHECK(valid->scalar_type() == at::kBool, "valid must be bool");
+    vptr = reinterpret_cast<const uint8_t*>(valid->data_ptr<bool>());
+  }
   TORCH_CHECK(stats.scalar_type() == at::kFloat && stats.size(0) == values.size(0) &&
                   stats.size(1) == kStats,
               "stats must be float32 (G, 5)");
   const int64_t groups = values.size(0);
   const int64_t n = values.size(1);
-  const bool* vptr = valid.data_ptr<bool>();
   float* sptr = stats.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "normalize_disparity_cpu", [&] {
     const scalar_t* x = values.data_ptr<scalar_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
-    if (groups < at::get_num_threads() && n >= kThreadedGroupMin) {
+    // (the per-group path counts in uint32: groups of 2^31 values or more go threaded too)
+    if ((groups < at::get_num_threads() && n >= kThreadedGroupMin) || n >= (int64_t{1} << 31)) {
       for (int64_t g = 0; g < groups; ++g)
-        normalize_group_threaded<scalar_t>(x + g * n, vptr + g * n, y + g * n, sptr + g * kStats,
-                                           n);
+        normalize_group_threaded<scalar_t>(x + g * n, vptr ? vptr + g * n : nullptr, y + g * n,
+                                           sptr + g * kStats, n);
       return;
     }
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-      std::vector<float> buf;
-      buf.reserve(n);
-      for (int64_t g = g0; g < g1; ++g) {
-        const scalar_t* xg = x + g * n;
-        const bool* vg = vptr + g * n;
-        scalar_t* yg = y + g * n;
-        float* st = sptr + g * kStats;
-        buf.clear();
-        for (int64_t i = 0; i < n; ++i) {
-          const float v = static_cast<float>(xg[i]);
-          if (vg[i] && std::isfinite(v)) buf.push_back(v);
-        }
-        const int64_t count = static_cast<int64_t>(buf.size());
-        float lo = 0.f, hi = 0.f, shift = 0.f, scale = 0.f;
-        if (count > 0) {
-          const int64_t k = count / 2;
-          std::nth_element(buf.begin(), buf.begin() + k, buf.end());
-          hi = buf[k];
-          lo = (count % 2 == 1) ? hi : *std::max_element(buf.begin(), buf.begin() + k);
-          shift = 0.5f * (lo + hi);
-          double acc = 0.0;
-          for (const float v : buf) acc += std::fabs(static_cast<double>(v - shift));
-          scale = static_cast<float>(acc / static_cast<double>(count));
-        }
-        const bool ok = write_stats(st, count, lo, hi, shift, scale);
-        const float half_inv_scale = ok ? 0.5f / scale : 0.f;
-        for (int64_t i = 0; i < n; ++i) {
-          const float v = static_cast<float>(xg[i]);
-          const bool use = ok && vg[i] && std::isfinite(v);
-          yg[i] = static_cast<scalar_t>(use ? (v - shift) * half_inv_scale : 0.f);
-        }
-      }
+      SelectScratch sc;
+      sc.values.resize(n);
+      sc.candidates.resize(n);
+      sc.hist.resize((1 << kTopBits) + (1 << kMidBits) + (1 << kLowBits));
+      sc.parts.resize(kParts * (1 << kTopBits));
+      for (int64_t g = g0; g < g1; ++g)
+        normalize_group<scalar_t>(x + g * n, vptr ? vptr + g * n : nullptr, y + g * n,
+                                  sptr + g * kStats, n, sc);
     });
   });
 }
 
 void normalize_disparity_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_stats,
-                                      const at::Tensor& values, const at::Tensor& valid,
+                                      const at::Tensor& values,
+                                      const std::optional<at::Tensor>& valid,
                                       const at::Tensor& stats, at::Tensor& grad_values) {
   check_rows(grad_out, "grad_out");
   check_rows(grad_stats, "grad_stats");
   check_rows(values, "values");
-  check_rows(valid, "valid");
   check_rows(stats, "stats");
   check_rows(grad_values, "grad_values");
+  const uint8_t* vptr = nullptr;
+  if (valid.has_value() && valid->defined()) {
+    check_rows(*valid, "valid");
+    TORCH_CHECK(valid->sizes() == values.sizes() && valid->scalar_type() == at::kBool,
+                "valid must be bool and shaped like values");
+    vptr = reinterpret_cast<const uint8_t*>(valid->data_ptr<bool>());
+  }
   TORCH_CHECK(grad_out.scalar_type() == values.scalar_type() &&
                   grad_values.scalar_type() == values.scalar_type(),
               "grad dtypes must match values");
@@ -255,7 +438,6 @@ void normalize_disparity_backward_cpu(const at::Tensor& grad_out, const at::Tens
               "stats and grad_stats must be float32");
   const int64_t groups = values.size(0);
   const int64_t n = values.size(1);
-  const bool* vptr = valid.data_ptr<bool>();
   const float* sptr = stats.data_ptr<float>();
   const float* gsptr = grad_stats.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "normalize_disparity_backward_cpu", [&] {
@@ -266,7 +448,7 @@ void normalize_disparity_backward_cpu(const at::Tensor& grad_out, const at::Tens
       for (int64_t g = g0; g < g1; ++g) {
         const scalar_t* xg = x + g * n;
         const scalar_t* gog = go + g * n;
-        const bool* vg = vptr + g * n;
+        const uint8_t* vg = vptr ? vptr + g * n : nullptr;
         scalar_t* gxg = gx + g * n;
         const float* st = sptr + g * kStats;
         const float count = st[4];
@@ -280,7 +462,7 @@ void normalize_disparity_backward_cpu(const at::Tensor& grad_out, const at::Tens
         int64_t n_lo = 0, n_hi = 0;
         for (int64_t i = 0; i < n; ++i) {
           const float v = static_cast<float>(xg[i]);
-          if (!(vg[i] && std::isfinite(v))) continue;
+          if (!usable(v, vg, i)) continue;
           const float gi = static_cast<float>(gog[i]);
           const float yi = 0.5f * (v - shift) / scale;
           sum_g += gi;
@@ -300,7 +482,7 @@ void normalize_disparity_backward_cpu(const at::Tensor& grad_out, const at::Tens
         for (int64_t i = 0; i < n; ++i) {
           const float v = static_cast<float>(xg[i]);
           float r = 0.f;
-          if (vg[i] && std::isfinite(v)) {
+          if (usable(v, vg, i)) {
             r = static_cast<float>(gog[i]) * half_inv_scale + sign_coef * sign_of(v - shift);
             if (v == lo) r += w_lo;
             if (v == hi) r += w_hi;

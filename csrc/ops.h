@@ -7,22 +7,26 @@
 namespace rgbd {
 
 // depth (N) float/half/bf16 contiguous -> disparity (N) same dtype, valid (N) bool.
-// valid = finite && depth > 0 && min_depth <= depth <= max_depth; disparity = valid ? 1/depth : 0.
+// valid = finite && depth > 0 && min_depth <= depth <= max_depth && 1/depth finite in the dtype;
+// disparity = valid ? 1/depth : 0.
 void depth_to_disparity_cpu(const at::Tensor& depth, double min_depth, double max_depth,
                             at::Tensor& disparity, at::Tensor& valid);
 
-// values, valid: (G, N) contiguous (valid bool). Per group (row): median of the valid finite
-// values (mean of the two middle order statistics for even counts), scale = mean |d - median|.
+// values: (G, N) contiguous; valid: (G, N) contiguous bool, or none (then a value is valid when
+// finite and > 0). Per group (row): median of the valid finite values (mean of the two middle
+// order statistics for even counts), scale = mean |d - median|; finite for every finite input.
 // out: (G, N) same dtype as values; stats: (G, 5) float32 = [shift, scale, lo, hi, count]
 // (lo/hi: the two middle order statistics; count: number of valid values, 0 for a degenerate
 // group, which gets shift 0, scale 1 and zeros).
-void normalize_disparity_cpu(const at::Tensor& values, const at::Tensor& valid, at::Tensor& out,
-                             at::Tensor& stats);
+void normalize_disparity_cpu(const at::Tensor& values, const std::optional<at::Tensor>& valid,
+                             at::Tensor& out, at::Tensor& stats);
 
 // Gradient of normalize_disparity w.r.t. values given grad_out (G, N) and grad_stats (G, 5)
-// (only the shift and scale columns are used). grad_values: (G, N) same dtype as values.
+// (only the shift and scale columns are used; valid optional as above). grad_values: (G, N)
+// same dtype as values.
 void normalize_disparity_backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_stats,
-                                      const at::Tensor& values, const at::Tensor& valid,
+                                      const at::Tensor& values,
+                                      const std::optional<at::Tensor>& valid,
                                       const at::Tensor& stats, at::Tensor& grad_values);
 
 #ifdef RGBD_WITH_CUDA

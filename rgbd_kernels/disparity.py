@@ -65,11 +65,15 @@ def _check_valid(valid: object, like: torch.Tensor, name: str = "valid",
 
 def depth_to_disparity_reference(depth: torch.Tensor, min_depth: float = 0.0,
                                  max_depth: float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference: (1/depth on valid pixels else 0 in depth's dtype, valid bool), float32 math."""
+    """Reference: (1/depth on valid pixels else 0 in depth's dtype, valid bool), float32 math.
+
+    A depth whose disparity overflows depth's dtype (fp16: below ~1.5e-5 m) is not valid."""
     z = depth.float()
-    valid = torch.isfinite(z) & (z > 0) & (z >= min_depth) & (z <= max_depth)
-    safe = torch.where(valid, z, torch.ones_like(z))
-    return torch.where(valid, 1.0 / safe, torch.zeros_like(z)).to(depth.dtype), valid
+    in_range = torch.isfinite(z) & (z > 0) & (z >= min_depth) & (z <= max_depth)
+    safe = torch.where(in_range, z, torch.ones_like(z))
+    disparity = torch.where(in_range, 1.0 / safe, torch.zeros_like(z)).to(depth.dtype)
+    valid = in_range & torch.isfinite(disparity)
+    return torch.where(valid, disparity, torch.zeros_like(disparity)), valid
 
 
 @torch.library.custom_op("rgbd::depth_to_disparity", mutates_args=())
@@ -119,7 +123,8 @@ def depth_to_disparity(depth: torch.Tensor, min_depth: float | None = None,
 
     Args:
         depth: (...) float tensor in metres (any float dtype, any layout). NaN, inf, 0 and negative
-            values are data: they are marked invalid.
+            values are data: they are marked invalid, and so is a depth whose disparity would
+            overflow the dtype (fp16: depth below ~1.5e-5 m).
         min_depth, max_depth: optional inclusive range of valid depths (metres).
     Returns:
         disparity (...) in depth's dtype, 1/metres, 0 on invalid pixels; valid (...) bool.
@@ -148,38 +153,57 @@ def _median_pair(x: torch.Tensor, valid: torch.Tensor, count: torch.Tensor):
     return torch.where(empty, 0.0, lo), torch.where(empty, 0.0, hi)
 
 
-def _normalize_rows_reference(values: torch.Tensor, valid: torch.Tensor):
-    """Reference on rows: values (G, N) float, valid (G, N) bool -> (out (G, N), stats (G, 5)).
+def _default_valid(values: torch.Tensor) -> torch.Tensor:
+    """The default mask: finite and > 0."""
+    return torch.isfinite(values) & (values > 0)
 
-    Math in float32 (float64 for float64 values); stats come back in that compute dtype.
+
+def _midpoint(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """(lo + hi) / 2 for lo <= hi without overflow: hi - lo cannot overflow when the signs agree,
+    lo + hi cannot when they differ."""
+    same_sign = (lo >= 0) == (hi >= 0)
+    return torch.where(same_sign, lo + 0.5 * (hi - lo), 0.5 * (lo + hi))
+
+
+def _normalize_rows_reference(values: torch.Tensor, valid: torch.Tensor | None):
+    """Reference on rows: values (G, N) float, valid (G, N) bool or None (finite and > 0)
+    -> (out (G, N), stats (G, 5)).
+
+    Statistics in float32 (float64 for float64 values), returned in that dtype; the midpoint,
+    the deviations and the output are evaluated in float64, so values near the float32 limits
+    (3e38, or subnormal 1e-39) give finite statistics and output.
     """
-    x_raw = values.to(torch.promote_types(values.dtype, torch.float32))
+    stat_dtype = torch.promote_types(values.dtype, torch.float32)
+    x_raw = values.double()
+    if valid is None:
+        valid = _default_valid(values)
     use = valid & torch.isfinite(x_raw)
     x = torch.where(use, x_raw, torch.zeros_like(x_raw))  # invalid entries carry no gradient
     count = use.sum(dim=1)
     lo, hi = _median_pair(x.detach(), use, count)
-    # The median's value is (lo + hi) / 2; its gradient goes half to the lo value and half to the
-    # hi value, each shared equally among the valid entries tied with it.
-    at_lo = (use & (x.detach() == lo[:, None])).float()
-    at_hi = (use & (x.detach() == hi[:, None])).float()
+    # The median's value is (lo + hi) / 2, rounded to the statistics' dtype; its gradient goes
+    # half to the lo value and half to the hi value, each shared equally among the valid entries
+    # tied with it.
+    at_lo = (use & (x.detach() == lo[:, None])).double()
+    at_hi = (use & (x.detach() == hi[:, None])).double()
     weight = 0.5 * at_lo / at_lo.sum(1, keepdim=True).clamp_min(1) \
         + 0.5 * at_hi / at_hi.sum(1, keepdim=True).clamp_min(1)
-    median = 0.5 * (lo + hi) + (weight * (x - x.detach())).sum(dim=1)
+    median = _midpoint(lo, hi).to(stat_dtype).double() + (weight * (x - x.detach())).sum(dim=1)
     deviation = torch.where(use, (x - median[:, None]).abs(), torch.zeros_like(x))
-    mad = deviation.sum(dim=1) / count.clamp_min(1)
+    mad = (deviation.sum(dim=1) / count.clamp_min(1)).to(stat_dtype).double()
     ok = (count > 0) & (mad > 0)
     shift = torch.where(ok, median, torch.zeros_like(median))
     scale = torch.where(ok, mad, torch.ones_like(mad))
-    out = torch.where(use & ok[:, None], 0.5 * (x - shift[:, None]) / scale[:, None],
+    out = torch.where(use & ok[:, None], 0.5 * ((x - shift[:, None]) / scale[:, None]),
                       torch.zeros_like(x))
-    stats = torch.stack([shift, scale, lo, hi, torch.where(ok, count.float(), 0.0)], dim=1)
-    return out.to(values.dtype), stats
+    stats = torch.stack([shift, scale, lo, hi, torch.where(ok, count.double(), 0.0)], dim=1)
+    return out.to(values.dtype), stats.to(stat_dtype)
 
 
-def _rows(disparity: torch.Tensor, valid: torch.Tensor, nd: int):
+def _rows(disparity: torch.Tensor, valid: torch.Tensor | None, nd: int):
     groups = math.prod(disparity.shape[: disparity.dim() - nd])
     n = math.prod(disparity.shape[disparity.dim() - nd:])
-    return disparity.reshape(groups, n), valid.reshape(groups, n)
+    return disparity.reshape(groups, n), None if valid is None else valid.reshape(groups, n)
 
 
 def normalize_disparity_reference(disparity: torch.Tensor, valid: torch.Tensor | None = None,
@@ -190,7 +214,7 @@ def normalize_disparity_reference(disparity: torch.Tensor, valid: torch.Tensor |
     """
     nd = _PER_DIMS[per]
     if valid is None:
-        valid = torch.isfinite(disparity) & (disparity > 0)
+        valid = _default_valid(disparity)
     x, v = _rows(disparity, valid, nd)
     out, stats = _normalize_rows_reference(x, v)
     lead = disparity.shape[: disparity.dim() - nd]
@@ -212,12 +236,17 @@ def _normalize_backend(values: torch.Tensor) -> str:
 
 
 @torch.library.custom_op("rgbd::normalize_disparity_rows", mutates_args=())
-def _normalize_rows_op(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalize_rows_op(values: torch.Tensor,
+                       valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """values (G, N), valid (G, N) bool or None (finite and > 0; the C++ op tests it while
+    reading the values) -> (normalized (G, N), stats (G, 5) float32)."""
     backend = _normalize_backend(values)
     if backend == "reference":
         out, stats = _normalize_rows_reference(values, valid)
         return out, stats.float()
-    values, valid = values.contiguous(), valid.contiguous()
+    values = values.contiguous()
+    if valid is not None:
+        valid = valid.contiguous()
     out = _buffers.empty_like(values)
     stats = _buffers.empty((values.shape[0], _STATS), dtype=torch.float32, device=values.device)
     if backend == "cpp":
@@ -225,7 +254,8 @@ def _normalize_rows_op(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch
     else:
         from ._triton import disparity as tk
 
-        tk.normalize_disparity(values, valid, out, stats)
+        tk.normalize_disparity(values, _default_valid(values) if valid is None else valid,
+                               out, stats)
     return out, stats
 
 
@@ -247,6 +277,8 @@ def _normalize_rows_backward_reference(grad_out, grad_stats, values, valid, stat
     dL/dx_i = 0.5 g_i / s + dL/ds sign_i / n + dL/dm (0.5 [x_i = lo] / n_lo + 0.5 [x_i = hi] / n_hi).
     """
     x = values.float()
+    if valid is None:
+        valid = _default_valid(values)
     use = valid & torch.isfinite(x)
     x = torch.where(use, x, 0.0)
     shift, scale, lo, hi, count = (stats[:, i:i + 1] for i in range(_STATS))
@@ -266,7 +298,7 @@ def _normalize_rows_backward_reference(grad_out, grad_stats, values, valid, stat
 
 @torch.library.custom_op("rgbd::normalize_disparity_rows_backward", mutates_args=())
 def _normalize_rows_backward_op(grad_out: torch.Tensor, grad_stats: torch.Tensor,
-                                values: torch.Tensor, valid: torch.Tensor,
+                                values: torch.Tensor, valid: torch.Tensor | None,
                                 stats: torch.Tensor, backend: str) -> torch.Tensor:
     """d values; ``backend`` is the forward's (chosen on the caller's thread in setup)."""
     if backend not in ("reference", "cpp", "triton"):
@@ -275,8 +307,10 @@ def _normalize_rows_backward_op(grad_out: torch.Tensor, grad_stats: torch.Tensor
     if backend == "reference":
         return _normalize_rows_backward_reference(grad_out, grad_stats, values, valid, stats)
     grad_values = _buffers.empty_like(values)
+    if valid is None and backend != "cpp":
+        valid = _default_valid(values)
     args = (grad_out.contiguous(), grad_stats.contiguous(), values.contiguous(),
-            valid.contiguous(), stats.contiguous(), grad_values)
+            None if valid is None else valid.contiguous(), stats.contiguous(), grad_values)
     if backend == "cpp":
         torch.ops.rgbd_C.normalize_disparity_backward(*args)
     else:
@@ -331,9 +365,7 @@ def normalize_disparity(disparity: torch.Tensor, valid: torch.Tensor | None = No
     """
     check_float("disparity", disparity)
     nd = _check_per(per, disparity, "disparity")
-    if valid is None:
-        valid = torch.isfinite(disparity) & (disparity > 0)
-    else:
+    if valid is not None:
         _check_valid(valid, disparity)
     with nvtx_range("rgbd.normalize_disparity"):
         x, v = _rows(disparity, valid, nd)

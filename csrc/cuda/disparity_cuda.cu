@@ -23,9 +23,12 @@ __global__ void depth_to_disparity_kernel(const scalar_t* __restrict__ depth,
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
     const float z = static_cast<float>(depth[i]);
-    const bool ok = isfinite(z) && z > 0.f && z >= lo && z <= hi;
+    const bool in_range = isfinite(z) && z > 0.f && z >= lo && z <= hi;
+    // a disparity that overflows the dtype (fp16: depth below ~1.5e-5) is not valid
+    const scalar_t inv = static_cast<scalar_t>(in_range ? 1.f / z : 0.f);
+    const bool ok = in_range && isfinite(static_cast<float>(inv));
     valid[i] = ok;
-    disparity[i] = static_cast<scalar_t>(ok ? 1.f / z : 0.f);
+    disparity[i] = ok ? inv : static_cast<scalar_t>(0.f);
   }
 }
 

@@ -6,9 +6,11 @@ Normalization of rows x (G, N) with a valid mask:
      far (grid (G, chunks), integer atomics, so results are deterministic) and a tiny select
      kernel that picks the digit holding the wanted rank. The two middle order statistics (lo, hi)
      are selected side by side.
-  2. one pass: per-chunk partial sums of |x - median| (no float atomics: partials are reduced in a
-     fixed order), then a per-group finalize writing stats = [shift, scale, lo, hi, count].
-  3. one pass writing 0.5 * (x - shift) / scale.
+  2. one pass: per-chunk partial sums of |x - median| in float64 (no float atomics: partials are
+     reduced in a fixed order), then a per-group finalize writing stats = [shift, scale, lo, hi,
+     count]; the midpoint (lo + hi) / 2 is taken in float64, so values near 3e38 do not overflow.
+  3. one pass writing 0.5 * (x - shift) / scale, in float64 for a group whose scale is subnormal
+     (0.5 / scale would overflow) or whose deviations could overflow float32.
 The backward does one reduction pass (sum g, sum g*y, sum sign, ties at lo and hi) and one
 elementwise pass; see ``csrc/disparity_cpu.cpp`` for the same formulas in C++.
 """
@@ -34,9 +36,11 @@ def _depth_to_disparity_kernel(depth_ptr, disp_ptr, valid_ptr, n, lo, hi, BLOCK:
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < n
     z = tl.load(depth_ptr + offs, mask=inb, other=0.0).to(tl.float32)
-    ok = _finite_positive(z, lo, hi)
-    disp = tl.where(ok, 1.0 / tl.where(ok, z, 1.0), 0.0)
-    tl.store(disp_ptr + offs, disp.to(disp_ptr.dtype.element_ty), mask=inb)
+    in_range = _finite_positive(z, lo, hi)
+    # a disparity that overflows the output dtype (fp16: depth below ~1.5e-5) is not valid
+    disp = tl.where(in_range, 1.0 / tl.where(in_range, z, 1.0), 0.0).to(disp_ptr.dtype.element_ty)
+    ok = in_range & (tl.abs(disp.to(tl.float32)) < float("inf"))
+    tl.store(disp_ptr + offs, tl.where(ok, disp, 0.0).to(disp_ptr.dtype.element_ty), mask=inb)
     tl.store(valid_ptr + offs, ok, mask=inb)
 
 
@@ -153,9 +157,10 @@ def _radix_select_kernel(hist_ptr, state_ptr, count_ptr, SHIFT: tl.constexpr,
 
 @triton.jit
 def _median(state_ptr, g):
+    """lo, hi and their midpoint (float64 sum: no overflow near 3e38), rounded to float32."""
     lo = _key_to_float(tl.load(state_ptr + g * 4 + 0).to(tl.uint32))
     hi = _key_to_float(tl.load(state_ptr + g * 4 + 1).to(tl.uint32))
-    return lo, hi, 0.5 * (lo + hi)
+    return lo, hi, (0.5 * (lo.to(tl.float64) + hi.to(tl.float64))).to(tl.float32)
 
 
 @triton.jit
@@ -165,12 +170,13 @@ def _abs_dev_partial_kernel(x_ptr, v_ptr, state_ptr, partial_ptr, n, chunk, n_ch
     c = tl.program_id(1)
     row = g.to(tl.int64) * n
     _, _, med = _median(state_ptr, g)
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    med64 = med.to(tl.float64)
+    acc = tl.zeros((BLOCK,), dtype=tl.float64)
     start = c.to(tl.int64) * chunk
     for s in range(0, chunk, BLOCK):
         offs = start + s + tl.arange(0, BLOCK)
         x, use = _load_row_block(x_ptr, v_ptr, row, offs, n)
-        acc += tl.where(use, tl.abs(x - med), 0.0)
+        acc += tl.where(use, tl.abs(x.to(tl.float64) - med64), 0.0)
     tl.store(partial_ptr + g * n_chunks + c, tl.sum(acc, axis=0))
 
 
@@ -183,7 +189,7 @@ def _finalize_stats_kernel(state_ptr, count_ptr, partial_ptr, stats_ptr, n_chunk
     total = tl.sum(tl.load(partial_ptr + g * n_chunks + cs, mask=cs < n_chunks, other=0.0), axis=0)
     count = tl.load(count_ptr + g)
     countf = count.to(tl.float32)
-    mad = total / tl.maximum(countf, 1.0)
+    mad = (total / tl.maximum(count.to(tl.float64), 1.0)).to(tl.float32)
     ok = (count > 0) & (mad > 0.0)
     tl.store(stats_ptr + g * 5 + 0, tl.where(ok, med, 0.0))
     tl.store(stats_ptr + g * 5 + 1, tl.where(ok, mad, 1.0))
@@ -199,14 +205,28 @@ def _normalize_apply_kernel(x_ptr, v_ptr, stats_ptr, out_ptr, n, chunk, BLOCK: t
     row = g.to(tl.int64) * n
     shift = tl.load(stats_ptr + g * 5 + 0)
     scale = tl.load(stats_ptr + g * 5 + 1)
-    ok = tl.load(stats_ptr + g * 5 + 4) > 0.0
-    half_inv_scale = tl.where(ok, 0.5 / scale, 0.0)
+    count = tl.load(stats_ptr + g * 5 + 4)
+    ok = count > 0.0
+    # Every |x - shift| <= count * scale: below 2^126 the float32 difference cannot overflow,
+    # and a normal scale keeps 0.5 / scale finite. Otherwise write through float64.
+    wide = ok & ((scale < 1.1754943508222875e-38)
+                 | (count.to(tl.float64) * scale.to(tl.float64) > 8.507059173023462e37))
     start = c.to(tl.int64) * chunk
-    for s in range(0, chunk, BLOCK):
-        offs = start + s + tl.arange(0, BLOCK)
-        x, use = _load_row_block(x_ptr, v_ptr, row, offs, n)
-        y = tl.where(use, (x - shift) * half_inv_scale, 0.0)  # half_inv_scale = 0 unless ok
-        tl.store(out_ptr + row + offs, y.to(out_ptr.dtype.element_ty), mask=offs < n)
+    if wide:
+        half_inv_scale64 = 0.5 / scale.to(tl.float64)
+        for s in range(0, chunk, BLOCK):
+            offs = start + s + tl.arange(0, BLOCK)
+            x, use = _load_row_block(x_ptr, v_ptr, row, offs, n)
+            y = tl.where(use, ((x.to(tl.float64) - shift.to(tl.float64)) * half_inv_scale64)
+                         .to(tl.float32), 0.0)
+            tl.store(out_ptr + row + offs, y.to(out_ptr.dtype.element_ty), mask=offs < n)
+    else:
+        half_inv_scale = tl.where(ok, (0.5 / scale.to(tl.float64)).to(tl.float32), 0.0)
+        for s in range(0, chunk, BLOCK):
+            offs = start + s + tl.arange(0, BLOCK)
+            x, use = _load_row_block(x_ptr, v_ptr, row, offs, n)
+            y = tl.where(use, (x - shift) * half_inv_scale, 0.0)  # half_inv_scale = 0 unless ok
+            tl.store(out_ptr + row + offs, y.to(out_ptr.dtype.element_ty), mask=offs < n)
 
 
 def _launch_geometry(n: int) -> tuple[int, int, int]:
@@ -233,7 +253,7 @@ def normalize_disparity(values: torch.Tensor, valid: torch.Tensor, out: torch.Te
         _radix_hist_kernel[(groups, n_chunks)](values, valid, state, hist[i], n, chunk,
                                                SHIFT=shift, FIRST=first, BLOCK=block, NB=NBINS)
         _radix_select_kernel[(groups,)](hist[i], state, count, SHIFT=shift, FIRST=first, NB=NBINS)
-    partial = torch.empty((groups, n_chunks), dtype=torch.float32, device=dev)
+    partial = torch.empty((groups, n_chunks), dtype=torch.float64, device=dev)
     _abs_dev_partial_kernel[(groups, n_chunks)](values, valid, state, partial, n, chunk, n_chunks,
                                                 BLOCK=block)
     _finalize_stats_kernel[(groups,)](state, count, partial, stats, n_chunks,
