@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 a setup problem (bad config value, unusable run directory or
     checkpoint, a failed write such as a full disk), 3 the run diverged. Each failure is one
     line on stderr; ``RGBD_TRAIN_TRACEBACK=1`` raises instead, to show where."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     show_traceback = os.environ.get("RGBD_TRAIN_TRACEBACK", "0") not in ("", "0")
     try:
         cfg = load_config(args.config, args.overrides)
