@@ -15,6 +15,7 @@ CPU under ``TRITON_INTERPRET=1``; median by radix selection). All return float32
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -37,7 +38,7 @@ _STATS = 5
 
 
 def _check_per(per: object, t: torch.Tensor, name: str) -> int:
-    if per not in _PER_DIMS:
+    if not isinstance(per, str) or per not in _PER_DIMS:
         raise ValueError(f"per must be 'frame' or 'clip', got {per!r}")
     nd = _PER_DIMS[per]
     if t.dim() < nd:
@@ -59,6 +60,14 @@ def _check_valid(valid: object, like: torch.Tensor, name: str = "valid",
     if valid.device != like.device:
         raise ValueError(f"{name} must be on {like_name}'s device {like.device}, got {valid.device}")
     return valid
+
+
+def _real(name: str, value: object) -> float:
+    """A real number (not bool) as float; ValueError naming the argument otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r} "
+                         f"({type(value).__name__})")
+    return float(value)
 
 
 # ----------------------------------------------------------------------------- depth -> disparity
@@ -130,8 +139,8 @@ def depth_to_disparity(depth: torch.Tensor, min_depth: float | None = None,
         disparity (...) in depth's dtype, 1/metres, 0 on invalid pixels; valid (...) bool.
     """
     check_float("depth", depth)
-    lo = 0.0 if min_depth is None else float(min_depth)
-    hi = math.inf if max_depth is None else float(max_depth)
+    lo = 0.0 if min_depth is None else _real("min_depth", min_depth)
+    hi = math.inf if max_depth is None else _real("max_depth", max_depth)
     if math.isnan(lo) or math.isnan(hi) or lo < 0 or lo > hi:
         raise ValueError(f"need 0 <= min_depth <= max_depth, got min_depth={min_depth!r}, "
                          f"max_depth={max_depth!r}")
@@ -416,8 +425,16 @@ _ALIGN_DIMS = {"frame": 2, "clip": 3, "all": None}
 def _group_dims(t: torch.Tensor, per: str | None, name: str):
     if per is None or per == "all":
         return tuple(range(t.dim()))
+    if not isinstance(per, str) or per not in _PER_DIMS:
+        raise ValueError(f"per must be 'clip', 'frame', 'all' or None, got {per!r}")
     nd = _check_per(per, t, name)
     return tuple(range(t.dim() - nd, t.dim()))
+
+
+def _max_abs(x: torch.Tensor, dims) -> torch.Tensor:
+    """Per-group max |x| (detached, 1 where it is 0): a scale that keeps sums of squares finite."""
+    a = x.detach().abs().amax(dims, keepdim=True)
+    return torch.where(a > 0, a, torch.ones_like(a))
 
 
 def _check_pair(pred, target, valid, names):
@@ -446,23 +463,32 @@ def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Ten
     t = mean target (s = 1, t = 0 with no valid pixel). Differentiable (plain PyTorch).
     """
     use = _check_pair(pred, target, valid, ("pred", "target"))
-    if per not in _ALIGN_DIMS:
+    if not isinstance(per, str) or per not in _ALIGN_DIMS:
         raise ValueError(f"per must be 'frame', 'clip' or 'all', got {per!r}")
     dims = _group_dims(pred, per, "pred")
-    w = use.float()
-    p = torch.where(use, pred.float(), 0.0)
-    g = torch.where(use, target.float(), 0.0)
-    n = w.sum(dims, keepdim=True)
+    # float64, and every group centred and scaled to max |.| = 1 before the normal equations, so
+    # predictions of any magnitude (1e20 against targets of 1..4) give the exact fit. The scales
+    # are detached constants: the fit is invariant to them, so gradients are unchanged.
+    n = use.double().sum(dims, keepdim=True)
     n1 = n.clamp_min(1)
-    mp, mg = p.sum(dims, keepdim=True) / n1, g.sum(dims, keepdim=True) / n1
-    dp = torch.where(use, p - mp, 0.0)
+    p = torch.where(use, pred.double(), 0.0)
+    g = torch.where(use, target.double(), 0.0)
+    ap, ag = _max_abs(p, dims), _max_abs(g, dims)
+    mp = (p / ap).sum(dims, keepdim=True) / n1  # means in units of ap and ag
+    mg = (g / ag).sum(dims, keepdim=True) / n1
+    dp = torch.where(use, p / ap - mp, 0.0)
+    dg = torch.where(use, g / ag - mg, 0.0)
+    cp, cg = _max_abs(dp, dims), _max_abs(dg, dims)
+    dp, dg = dp / cp, dg / cg
     var = (dp * dp).sum(dims, keepdim=True)
-    cov = (dp * torch.where(use, g - mg, 0.0)).sum(dims, keepdim=True)
-    s = torch.where(var > 0, cov / torch.where(var > 0, var, 1.0), 0.0)
-    t = mg - s * mp
+    cov = (dp * dg).sum(dims, keepdim=True)
+    ratio = torch.where(var > 0, cov / torch.where(var > 0, var, 1.0), 0.0)
+    s = ratio * ((cg / cp) * (ag / ap))
+    t = mg * ag - s * (mp * ap)
     s = torch.where(n > 0, s, 1.0)
     t = torch.where(n > 0, t, 0.0)
-    aligned = s * pred.float() + t
+    aligned = (s * pred.double() + t).float()
+    s, t = s.float(), t.float()
     return aligned, s.squeeze(dims) if dims else s, t.squeeze(dims) if dims else t
 
 
@@ -476,24 +502,38 @@ def _depth_metric(pred_depth, gt_depth, valid, per, fn):
 
 
 def abs_rel(pred_depth: torch.Tensor, gt_depth: torch.Tensor, valid: torch.Tensor | None = None,
-            per: str | None = None) -> torch.Tensor:
+            per: str | None = "clip") -> torch.Tensor:
     """Absolute relative error mean |pred - gt| / gt over valid pixels (gt finite and > 0).
 
-    ``per``: None (one number over all valid pixels), "frame" or "clip" (one per group, shaped
-    like the leading dims). NaN for a group without valid pixels. float32.
+    Args:
+        pred_depth, gt_depth: (..., T, H, W) depths (metres) for ``per="clip"``, (..., H, W) for
+            ``per="frame"``; any float dtype, same shape and device.
+        valid: optional bool mask of that shape (and-ed with finite pred and finite, > 0 gt).
+        per: "clip" (default: one value per clip, over its T, H, W), "frame" (one per frame), or
+            "all" / None (one value pooling the valid pixels of the whole batch, so clips with
+            more valid pixels weigh more). Under "clip" and "frame" each group's value depends
+            only on that group: clips evaluated together equal the same clips evaluated apart.
+    Returns:
+        float32, shaped like the leading dims (0-d for one clip or for "all"); NaN for a group
+        without valid pixels.
     """
     return _depth_metric(pred_depth, gt_depth, valid, per, lambda p, g: (p - g).abs() / g)
 
 
 def delta1(pred_depth: torch.Tensor, gt_depth: torch.Tensor, valid: torch.Tensor | None = None,
-           per: str | None = None, threshold: float = 1.25) -> torch.Tensor:
-    """Fraction of valid pixels with max(pred/gt, gt/pred) < threshold (1.25). Like :func:`abs_rel`.
+           per: str | None = "clip", threshold: float = 1.25) -> torch.Tensor:
+    """Fraction of valid pixels with max(pred/gt, gt/pred) < threshold (a finite number > 1,
+    default 1.25). Shapes, ``valid`` and ``per`` as in :func:`abs_rel`.
 
     Non-positive predictions count as failures.
     """
+    thr = _real("threshold", threshold)
+    if not (math.isfinite(thr) and thr > 1):
+        raise ValueError(f"threshold must be a finite number > 1, got {threshold!r}")
+
     def hit(p, g):
         safe_p = torch.where(p > 0, p, 1.0)
         ratio = torch.maximum(safe_p / g, g / safe_p)
-        return ((ratio < threshold) & (p > 0)).float()
+        return ((ratio < thr) & (p > 0)).float()
 
     return _depth_metric(pred_depth, gt_depth, valid, per, hit)
