@@ -6,9 +6,10 @@
   ``video_abs_rel_depthcrafter``, ``video_delta1_depthcrafter`` are DepthCrafter's published
   video protocol (:func:`video_depth_metrics`) on what the pipeline exports: the disparity
   1 / ``out.depth``, with the depth range (1e-3, ``PROCEDURAL_MAX_DEPTH``) m.
-* TAE (temporal alignment error): the aligned generated depth of frame i, moved into frame i+1
-  with the true intrinsics and poses, against frame i+1's generated depth (mean relative
-  disparity error; the ground truth's own TAE is reported beside it: moving objects and
+* TAE (temporal alignment error): the generated depth, aligned to the ground truth and clipped
+  to the data's depth range as in DepthCrafter's protocol, of frame i moved into frame i+1 with
+  the true intrinsics and poses, against frame i+1's (mean relative disparity error over the
+  evaluated pixels; the ground truth's own TAE is reported beside it: moving objects and
   occlusions keep it above 0).
 * Text -> RGBD coherence: the generated RGB is depthified (RGB video -> RGBD mode) and that depth
   is compared with the generated depth (AbsRel after alignment): low means the depth explains
@@ -28,10 +29,11 @@ from .metrics import disparity_metrics
 from .tokenizer_eval import PROCEDURAL_MAX_DEPTH
 
 
-def _tae(disparity: torch.Tensor, K: torch.Tensor, poses: torch.Tensor) -> float:
+def _tae(depth: torch.Tensor, K: torch.Tensor, poses: torch.Tensor) -> float:
+    """Mean over consecutive frame pairs of the mean relative disparity error of frame i's
+    depth (T, H, W), moved into frame i+1, against frame i+1's (non-finite or <= 0: invalid)."""
     from rgbd_world.data.dataset import reprojection_errors
 
-    depth = torch.where(disparity > 0, 1.0 / disparity.clamp_min(1e-8), torch.nan)
     errs = []
     for i in range(depth.shape[0] - 1):
         e, _ = reprojection_errors(depth, K, poses, i, i + 1)
@@ -60,14 +62,17 @@ def evaluate_generation(pipe, num_clips: int = 4, steps: int = 10, seed: int = 1
         out = pipe(prompt=clip["caption"], video=video.numpy(), steps=steps, seed=i, progress=False)
         gt_disp, valid = rk.depth_to_disparity(clip["depth"][0])
         m = disparity_metrics(out.disparity[None], gt_disp[None], valid[None])
-        aligned = m["aligned"][0]
         dc = video_depth_metrics((1.0 / out.depth)[None], clip["depth"][0][None], valid[None],
                                  protocol="depthcrafter", max_depth=PROCEDURAL_MAX_DEPTH)
         values = {"video_abs_rel": m["abs_rel"].item(), "video_delta1": m["delta1"].item(),
                   "video_abs_rel_depthcrafter": dc["abs_rel"].item(),
                   "video_delta1_depthcrafter": dc["delta1"].item(),
-                  "tae": _tae(aligned.clamp_min(1e-6), clip["K"], clip["poses"]),
-                  "tae_ground_truth": _tae(gt_disp.where(valid, torch.zeros_like(gt_disp)),
+                  # TAE on the generated depth aligned to the ground truth and clipped to the
+                  # data's depth range (DepthCrafter's protocol): an affine fit can push some
+                  # disparities to <= 0, i.e. depths outside any range, that would dominate it
+                  "tae": _tae(dc["pred_depth"][0].where(dc["valid"][0], torch.nan),
+                              clip["K"], clip["poses"]),
+                  "tae_ground_truth": _tae(clip["depth"][0].where(valid, torch.nan),
                                            clip["K"], clip["poses"])}
         if text_mode:
             gen = pipe(prompt=clip["caption"], steps=steps, seed=i, progress=False)
