@@ -4,7 +4,8 @@
   (``model_config.json`` + ``checkpoints/step_*/``), its EMA weights by default.
 * :func:`load_cosmos_tokenizer` -- ``autoencoder.jit`` (or a directory holding it, or
   ``encoder.jit`` + ``decoder.jit``) of NVIDIA's Cosmos continuous video tokenizer.
-* :func:`load_encoder` -- either of the above as a callable ``x -> latent`` (for the latent cache).
+* a diffusers ``AutoencoderKLCosmos`` directory (``save_pretrained``; read without diffusers).
+* :func:`load_encoder` -- any of the above as a callable ``x -> latent`` (for the latent cache).
 """
 from __future__ import annotations
 
@@ -78,10 +79,15 @@ def load_cosmos_tokenizer(path: str | os.PathLike, preset: str = "cosmos-cv8x8x8
 
 def load_any_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu",
                        preset: str = "cosmos-cv8x8x8") -> VideoTokenizer:
-    """A training run directory, else a Cosmos checkpoint."""
+    """A training run directory, a diffusers ``AutoencoderKLCosmos`` directory (its own config;
+    ``preset`` unused), else a Cosmos TorchScript checkpoint (loaded into ``preset``)."""
+    from .diffusers_compat import is_diffusers_tokenizer_dir, load_diffusers_tokenizer
+
     p = Path(path)
     if (p / "model_config.json").exists():
         return load_tokenizer(p, device=device)
+    if is_diffusers_tokenizer_dir(p):
+        return load_diffusers_tokenizer(p).to(device)
     return load_cosmos_tokenizer(p, preset=preset, device=device)
 
 

@@ -38,7 +38,8 @@ from .config import TokenizerConfig
 from .model import VideoTokenizer
 
 __all__ = ["diffusers_tokenizer_config", "tokenizer_config_from_diffusers", "diffusers_key_map",
-           "tokenizer_from_diffusers", "tokenizer_to_diffusers", "DiffusersLayoutError"]
+           "tokenizer_from_diffusers", "tokenizer_to_diffusers", "DiffusersLayoutError",
+           "load_diffusers_tokenizer", "is_diffusers_tokenizer_dir"]
 
 
 class DiffusersLayoutError(ValueError):
@@ -237,3 +238,48 @@ def tokenizer_to_diffusers(model: VideoTokenizer, **config_overrides):
     _copy_checked(vae, source, {k: k for k in vae.state_dict()},
                   "VideoTokenizer -> AutoencoderKLCosmos")
     return vae.eval()
+
+
+def is_diffusers_tokenizer_dir(path) -> bool:
+    """True for a diffusers ``AutoencoderKLCosmos`` directory (or a pipeline's ``vae/``)."""
+    import json
+    from pathlib import Path
+
+    for root in (Path(path), Path(path) / "vae"):
+        config = root / "config.json"
+        if config.is_file():
+            try:
+                if json.loads(config.read_text()).get("_class_name") == "AutoencoderKLCosmos":
+                    return True
+            except ValueError:
+                return False
+    return False
+
+
+def load_diffusers_tokenizer(path) -> VideoTokenizer:
+    """Our tokenizer from a diffusers ``AutoencoderKLCosmos`` ``save_pretrained`` directory
+    (``config.json`` + ``diffusion_pytorch_model.safetensors``; or a pipeline directory with
+    ``vae/``), read directly: diffusers need not be installed. Eval mode, CPU."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    if (root / "vae" / "config.json").is_file():
+        root = root / "vae"
+    config = json.loads((root / "config.json").read_text())
+    if config.get("_class_name") != "AutoencoderKLCosmos":
+        raise DiffusersLayoutError(f"{root / 'config.json'}: expected an AutoencoderKLCosmos, "
+                                   f"found _class_name {config.get('_class_name')!r}")
+    files = sorted(root.glob("diffusion_pytorch_model*.safetensors"))
+    if not files:
+        raise DiffusersLayoutError(f"{root}: expected diffusion_pytorch_model*.safetensors "
+                                   "weights, found none")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    model = VideoTokenizer(tokenizer_config_from_diffusers(config, name=f"diffusers:{root.name}"))
+    names = {k: v for k, v in diffusers_key_map(model).items() if v is not None}
+    _copy_checked(model, state, names, f"{root} -> VideoTokenizer")
+    return model.eval()

@@ -76,6 +76,18 @@ def test_tokenizer_from_diffusers_same_latents_and_reconstructions():
         assert torch.equal(again[k], v), k
 
 
+def test_tokenizer_from_a_saved_diffusers_directory(tmp_path):
+    from rgbd_world.tokenizer.checkpoint import load_any_tokenizer
+    torch.manual_seed(0)
+    tok = VideoTokenizer("tiny").eval()
+    _perturb(tok, seed=3)
+    tok.to_diffusers().save_pretrained(tmp_path / "vae")
+    loaded = load_any_tokenizer(tmp_path / "vae")  # what model.teacher / rgb_tokenizer accept
+    x = _video(seed=4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).reconstruction, tok(x).reconstruction)
+
+
 def test_tokenizer_diffusers_layout_errors():
     base = dict(in_channels=3, out_channels=3, latent_channels=8,
                 encoder_block_out_channels=(16, 16, 32, 32),
