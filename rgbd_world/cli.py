@@ -208,7 +208,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 # CLI flags whose destination differs from the Python argument a validator names
-_FLAG_OF = {"num_frames": "frames", "out_dir": "out", "directory": "out"}
+_FLAG_OF = {"num_frames": "frames", "out_dir": "out", "directory": "out", "run_dir": "run",
+            "data_dir": "data"}
 
 
 def _flag(name: str, args: argparse.Namespace) -> str:

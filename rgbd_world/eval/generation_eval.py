@@ -47,7 +47,11 @@ def evaluate_generation(pipe, num_clips: int = 4, steps: int = 10, seed: int = 1
     from tqdm.auto import tqdm
 
     from rgbd_world.data import RGBDVideoDataset, generate_dataset
+    from rgbd_world.validation import check_int, check_seed
 
+    check_int("num_clips", num_clips, 1)   # checked before any clip is rendered
+    check_int("steps", steps, 1)
+    check_seed(seed)
     d = pipe.defaults
     data_dir = Path(data_dir or Path("outputs") / "eval-generation-data")
     generate_dataset(data_dir, num_clips, frames=d["num_frames"], height=d["height"],

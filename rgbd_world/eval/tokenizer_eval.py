@@ -87,7 +87,13 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     from rgbd_world.data import RGBDVideoDataset, generate_dataset
     from rgbd_world.tokenizer.checkpoint import load_tokenizer
 
+    from rgbd_world.validation import InvalidArgument, check_int
+
+    check_int("num_clips", num_clips, 1)
     run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise InvalidArgument("run_dir", str(run), "a train.py --stage tokenizer[-rgb] run "
+                              "directory", f"{run / 'config.json'} does not exist")
     cfg = json.loads((run / "config.json").read_text())
     model = load_tokenizer(run, ema=ema, device=device)
     d = cfg["data"]
