@@ -44,15 +44,39 @@ def load_tokenizer(path: str | os.PathLike, ema: bool = True, device: str | torc
     cfg_file = run / "model_config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{run} is not a tokenizer run directory: no model_config.json")
+    model_config = json.loads(cfg_file.read_text())
+    if "tokenizer" not in model_config or "dit" in model_config:
+        raise ValueError(f"{run}: expected a tokenizer run ('train.py --stage tokenizer' or "
+                         f"'tokenizer-rgb'), found a run whose model_config.json holds "
+                         f"{sorted(model_config)}" + (" (a DiT run)" if "dit" in model_config
+                                                      else ""))
     ckpt = latest_checkpoint(run) if step is None else checkpoint_root(run) / f"step_{step:09d}"
     if ckpt is None or not (ckpt / "COMPLETE").exists():
         raise FileNotFoundError(f"no complete checkpoint under {checkpoint_root(run)}")
-    model = VideoTokenizer(config_from_dict(json.loads(cfg_file.read_text())["tokenizer"]))
+    model = VideoTokenizer(config_from_dict(model_config["tokenizer"]))
     state = load_file(ckpt / "model.safetensors")
     if ema:
         state.update(load_file(ckpt / "ema.safetensors"))
+    check_state_dict(model, state, f"{ckpt} for the {model.config.name} tokenizer of "
+                     f"{cfg_file.name}")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
+
+
+def check_state_dict(model: torch.nn.Module, state: dict, what: str) -> None:
+    """ValueError listing missing, unexpected and wrongly shaped keys (found vs expected)
+    when ``state`` does not fit ``model`` exactly."""
+    want = model.state_dict()
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    mismatched = [f"{k}: found {tuple(state[k].shape)}, expected {tuple(want[k].shape)}"
+                  for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
+    if missing or unexpected or mismatched:
+        rows = "".join(f"\n  {title} ({len(r)}): " + ", ".join(r[:10])
+                       + (f" ... and {len(r) - 10} more" if len(r) > 10 else "")
+                       for title, r in (("missing", missing), ("unexpected", unexpected),
+                                        ("shape mismatches", mismatched)) if r)
+        raise ValueError(f"{what}: the weights do not match the model:{rows}")
 
 
 def load_cosmos_tokenizer(path: str | os.PathLike, preset: str = "cosmos-cv8x8x8",
@@ -66,7 +90,12 @@ def load_cosmos_tokenizer(path: str | os.PathLike, preset: str = "cosmos-cv8x8x8
         raise FileNotFoundError(f"Cosmos tokenizer files not found: {missing}")
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        part = torch.jit.load(str(f), map_location="cpu").state_dict()
+        try:
+            part = torch.jit.load(str(f), map_location="cpu").state_dict()
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"{f}: expected a TorchScript Cosmos tokenizer file (NVIDIA's "
+                             f"autoencoder.jit / encoder.jit / decoder.jit), found a file "
+                             f"torch.jit.load cannot read ({str(e).splitlines()[0][:200]})") from None
         prefix = {"encoder.jit": "encoder.", "decoder.jit": "decoder."}.get(f.name, "")
         for k, v in part.items():
             key = k if (not prefix or k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv"))) \
@@ -88,6 +117,11 @@ def load_any_tokenizer(path: str | os.PathLike, device: str | torch.device = "cp
         return load_tokenizer(p, device=device)
     if is_diffusers_tokenizer_dir(p):
         return load_diffusers_tokenizer(p).to(device)
+    if p.is_dir() and (p / "config.json").is_file() and not (p / "autoencoder.jit").exists():
+        kind = json.loads((p / "config.json").read_text()).get("_class_name")
+        raise ValueError(f"{p}: expected a tokenizer (a tokenizer run, Cosmos TorchScript files "
+                         f"or a diffusers AutoencoderKLCosmos directory), found a directory with "
+                         f"config.json of {kind or 'an unknown model'}")
     return load_cosmos_tokenizer(p, preset=preset, device=device)
 
 

@@ -360,6 +360,46 @@ def test_haar_buffers_are_checked_and_other_keys_still_rejected(tiny):
     assert e.value.unexpected == ["encoder.patcher3d.something_else"]
 
 
+def _tokenizer_run(path, model, extra=None):
+    from safetensors.torch import save_file
+    from rgbd_world.tokenizer.checkpoint import config_to_dict
+    ckpt = path / "checkpoints" / "step_000000001"
+    ckpt.mkdir(parents=True)
+    (path / "model_config.json").write_text(json.dumps({"tokenizer": config_to_dict(model.config),
+                                                        **(extra or {})}))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(ckpt / "model.safetensors"))
+    save_file(state, str(ckpt / "ema.safetensors"))
+    (ckpt / "COMPLETE").write_text("")
+    return path
+
+
+def test_wrong_kind_size_or_layout_of_tokenizer_checkpoint_says_expected_and_found(tmp_path):
+    from rgbd_world.tokenizer import load_any_tokenizer, load_cosmos_tokenizer, load_tokenizer
+    # a run whose weights are another size than its config: found vs expected, no torch traceback
+    run = _tokenizer_run(tmp_path / "run", VideoTokenizer("tiny", channels=8))
+    cfg = json.loads((run / "model_config.json").read_text())
+    cfg["tokenizer"]["channels"] = 16
+    (run / "model_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"shape mismatches \(\d+\): encoder.conv_in.0.weight: "
+                                         r"found \(8, 192, 1, 3, 3\), expected \(16, 192, 1, 3, 3\)"):
+        load_tokenizer(run)
+    # a DiT run given as the tokenizer
+    dit_run = _tokenizer_run(tmp_path / "dit_run", VideoTokenizer("tiny"), {"dit": {}})
+    with pytest.raises(ValueError, match=r"expected a tokenizer run .* \(a DiT run\)"):
+        load_any_tokenizer(dit_run)
+    # not a TorchScript file / a diffusers model of another kind
+    (tmp_path / "autoencoder.jit").write_bytes(b"not torchscript")
+    with pytest.raises(ValueError, match="expected a TorchScript Cosmos tokenizer file"):
+        load_cosmos_tokenizer(tmp_path / "autoencoder.jit", preset="tiny")
+    other = tmp_path / "transformer"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"_class_name": "CosmosTransformer3DModel"}))
+    with pytest.raises(ValueError, match="expected a tokenizer .* found a directory with "
+                                         "config.json of CosmosTransformer3DModel"):
+        load_any_tokenizer(other)
+
+
 # ----------------------------------------------------------------------------- inflation
 
 @pytest.mark.parametrize("geometry", [0, 4])
