@@ -10,7 +10,7 @@ from rgbd_kernels import _buffers
 from rgbd_kernels.disparity import (_depth_to_disparity_op, _normalize_rows_backward_op,
                                     _normalize_rows_op, depth_to_disparity_reference,
                                     normalize_disparity_reference)
-from rgbd_kernels.testing import assert_parity, noncontiguous, tolerance
+from rgbd_kernels.testing import assert_parity, edge_cases, noncontiguous, tolerance
 
 FAST = ["cpp", "triton"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -358,8 +358,11 @@ def test_abs_rel_and_delta1_match_numpy():
     p, g, v = pred.numpy(), gt.numpy(), valid.numpy()
     ar = np.abs(p - g) / g
     ratio = np.maximum(p / g, g / p)
-    np.testing.assert_allclose(rk.abs_rel(pred, gt, valid).item(), ar[v].mean(), rtol=1e-5)
-    np.testing.assert_allclose(rk.delta1(pred, gt, valid).item(), (ratio[v] < 1.25).mean(), rtol=1e-6)
+    np.testing.assert_allclose(rk.abs_rel(pred, gt, valid, per="all").item(), ar[v].mean(), rtol=1e-5)
+    np.testing.assert_allclose(rk.delta1(pred, gt, valid, per=None).item(), (ratio[v] < 1.25).mean(),
+                               rtol=1e-6)
+    default = rk.abs_rel(pred, gt, valid)  # per clip
+    np.testing.assert_allclose(default.numpy(), [ar[b][v[b]].mean() for b in range(2)], rtol=1e-5)
     per_clip = rk.abs_rel(pred, gt, valid, per="clip")
     np.testing.assert_allclose(per_clip[1].item(), ar[1][v[1]].mean(), rtol=1e-5)
     per_frame = rk.delta1(pred, gt, valid, per="frame")
@@ -395,6 +398,20 @@ def test_metrics_protocol_perfect_prediction_up_to_affine():
     (lambda: rk.denormalize_disparity(torch.ones(2, 4, 5), torch.ones(3), torch.ones(3)), r"shift/scale"),
     (lambda: rk.align_scale_shift(torch.ones(2, 3), torch.ones(2, 4)), "pred and target"),
     (lambda: rk.abs_rel(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.int16)), "gt_depth.*int16"),
+    (lambda: rk.abs_rel(torch.ones(2, 3, 4), torch.ones(2, 3, 4), per=["clip"]), r"per must be.*\['clip'\]"),
+    (lambda: rk.abs_rel(torch.ones(2, 3, 4), torch.ones(2, 3, 4), per="video"), "per must be.*'video'"),
+    (lambda: rk.abs_rel(torch.ones(3, 4), torch.ones(3, 4)), r"pred_depth must have at least 3 dims.*\(3, 4\)"),
+    (lambda: rk.abs_rel(torch.ones(2, 3, 4), [1.0]), "gt_depth must be a torch.Tensor"),
+    (lambda: rk.abs_rel(torch.ones(2, 3, 4), torch.ones(2, 3, 4), torch.ones(2, 3, 4)), "valid.*torch.float32"),
+    (lambda: rk.delta1(torch.ones(2, 3, 4), torch.ones(2, 3, 4), threshold=-1), "threshold.*-1"),
+    (lambda: rk.delta1(torch.ones(2, 3, 4), torch.ones(2, 3, 4), threshold=math.nan), "threshold.*nan"),
+    (lambda: rk.delta1(torch.ones(2, 3, 4), torch.ones(2, 3, 4), threshold="1.25"), "threshold.*'1.25'"),
+    (lambda: rk.delta1(torch.ones(2, 3, 4), torch.ones(2, 3, 4), per=["clip"]), r"per must be.*\['clip'\]"),
+    (lambda: rk.depth_to_disparity(torch.ones(3, 4), min_depth="a"), "min_depth.*'a'"),
+    (lambda: rk.depth_to_disparity(torch.ones(3, 4), max_depth=[80]), r"max_depth.*\[80\]"),
+    (lambda: rk.normalize_disparity(torch.ones(2, 4, 5), per=["clip"]), r"per must be.*\['clip'\]"),
+    (lambda: rk.align_scale_shift(torch.ones(2, 3, 4), torch.ones(2, 3, 4), per=["clip"]),
+     r"per must be.*\['clip'\]"),
 ])
 def test_bad_input_raises_value_error_naming_argument(call, match):
     with pytest.raises(ValueError, match=match):
@@ -406,6 +423,219 @@ def test_nan_inf_negative_depth_is_data_not_error():
     disp, valid = rk.depth_to_disparity(depth)
     assert valid.tolist() == [[False, False, False, False, True]]
     assert disp[0, 4] == pytest.approx(1 / 3)
+
+
+# ----------------------------------------------------------------------------- edge values
+
+NORMALIZE_EDGE = ["top_of_range", "near_max", "squares_overflow", "subnormal", "constant",
+                  "signed_zeros", "nan_element", "pos_inf"]
+
+
+def _check_normalized(out, shift, scale, d, valid, per):
+    """Finite everywhere; every non-degenerate group has median 0 and mean |.| 0.5 on its valid
+    values (float64 check), 0 elsewhere."""
+    for name, t in (("normalized", out), ("shift", shift), ("scale", scale)):
+        assert torch.isfinite(t).all(), f"{name} not finite"
+    nd = 2 if per == "frame" else 3
+    use = (valid if valid is not None else d > 0) & torch.isfinite(d)
+    o = out.double().reshape(-1, math.prod(d.shape[-nd:]))
+    u = use.reshape(o.shape)
+    for row, m, sc in zip(o, u, scale.reshape(-1)):
+        assert (row[~m] == 0).all()
+        vals = row[m].numpy()
+        if sc == 1 and (vals == 0).all():
+            continue  # degenerate group
+        assert abs(np.median(vals)) < 1e-5, np.median(vals)
+        assert abs(np.abs(vals - np.median(vals)).mean() - 0.5) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+@pytest.mark.parametrize("case", NORMALIZE_EDGE)
+@pytest.mark.parametrize("per", ["frame", "clip"])
+def test_normalize_edge_values_finite_and_match_reference(backend, case, per):
+    """Values near 3e38 (lo + hi overflowed to shift = scale = inf) and subnormal values (0.5 /
+    scale overflowed on cpp and triton) give finite output with median 0 and MAD 0.5."""
+    base = torch.exp(torch.randn(2, 3, 9, 11))
+    (_, d), = edge_cases(base, names=[case], seed=int(torch.randint(1 << 30, ())))
+    valid = torch.rand(d.shape) > 0.2
+    for v in (valid, None):
+        with rk.use_backend(backend):
+            out = rk.normalize_disparity(d, v, per)
+        _check_normalized(*out, d, v, per)
+        ref = normalize_disparity_reference(d, v, per)
+        for name, a, b in zip(("normalized", "shift", "scale"), out, ref):
+            assert_parity(a, b, name=f"{case}:{name}")
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+@pytest.mark.parametrize("values", [
+    [3.0e38, 3.1e38, 3.3e38, 3.2e38],   # even count near FLT_MAX: lo + hi overflows float32
+    [-3.0e38, -3.0e38, 3.0e38],         # |d - median| overflows float32
+    [1e-39, 2e-39, 3e-39, 5e-39],       # subnormal scale: 0.5 / scale overflows float32
+    [-2e-39, 1e-40, 3e-39],
+], ids=["near-max", "mixed-sign-max", "subnormal", "mixed-sign-subnormal"])
+def test_normalize_extreme_groups_exact(backend, values):
+    x = torch.tensor(values).view(1, 1, -1)
+    valid = torch.ones_like(x, dtype=torch.bool)
+    with rk.use_backend(backend):
+        out, shift, scale = rk.normalize_disparity(x, valid)
+    v = np.array(values, dtype=np.float32).astype(np.float64)
+    med = np.float32(np.median(v))
+    mad = np.float32(np.abs(v - float(med)).mean())
+    assert shift.item() == pytest.approx(float(med), rel=1e-6)
+    assert scale.item() == pytest.approx(float(mad), rel=1e-6)
+    np.testing.assert_allclose(out.view(-1).double().numpy(), 0.5 * (v - float(med)) / float(mad),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_ID.get)
+def test_depth_to_disparity_overflowing_disparity_is_invalid(backend, dtype):
+    """fp16: a depth of 1e-5 has disparity 1e5 > 65504; it was inf and marked valid."""
+    depth = torch.tensor([1e-5, 2e-5, 1e-3, 0.5, 3.0, 1e-30, 1e-39]).to(dtype)
+    with rk.use_backend(backend):
+        disp, valid = rk.depth_to_disparity(depth)
+    assert torch.isfinite(disp).all()
+    expect = torch.isfinite((1.0 / depth.double()).to(dtype)) & (depth > 0)
+    assert valid.tolist() == expect.tolist()
+    assert (disp[~valid] == 0).all()
+    torch.testing.assert_close(disp[valid].double(), 1.0 / depth[valid].double(), rtol=1e-2, atol=0)
+    if dtype == torch.float16:
+        assert not valid[0]
+    for name, edged in edge_cases(torch.rand(3, 5, 7).to(dtype) + 0.1,
+                                  names=["subnormal", "top_of_range", "near_max", "signed_zeros"]):
+        with rk.use_backend(backend):
+            disp, valid = rk.depth_to_disparity(edged)
+        ref_d, ref_v = depth_to_disparity_reference(edged)
+        assert torch.isfinite(disp).all(), name
+        assert_parity(valid, ref_v, name=f"{name}:valid")
+        assert_parity(disp, ref_d, name=f"{name}:disparity")
+
+
+@pytest.mark.parametrize("per", ["frame", "clip", "all"])
+def test_align_scale_shift_huge_predictions_exact_fit(per):
+    """Predictions ~1e20 against targets 1..4: the normal equations overflowed float32 (s = 0)."""
+    target = torch.tensor([1.0, 2.0, 3.0, 4.0]).repeat(2, 3, 1).view(2, 3, 2, 2)
+    pred = (target * 3e19 + 1e20).float()
+    aligned, s, t = rk.align_scale_shift(pred, target, per=per)
+    torch.testing.assert_close(aligned, target, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s, torch.full_like(s, 1 / 3e19), rtol=1e-5, atol=0)
+    (_, big), = edge_cases(torch.rand(2, 3, 5, 6) + 0.1, names=["squares_overflow"])
+    g = 2.0 - 0.5 * big.double() / big.double().abs().max()
+    aligned, s, t = rk.align_scale_shift(big, g.float(), per="all")
+    a = np.stack([big.double().view(-1).numpy(), np.ones(big.numel())], 1)
+    sol = np.linalg.lstsq(a, g.view(-1).numpy(), rcond=None)[0]
+    assert s.item() == pytest.approx(sol[0], rel=1e-5) and t.item() == pytest.approx(sol[1], rel=1e-5)
+    torch.testing.assert_close(aligned, g.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", [rk.abs_rel, rk.delta1])
+def test_metrics_default_is_per_clip_independent_of_the_batch(metric):
+    """Two clips evaluated together equal the same clips evaluated apart (the old default pooled
+    the pixels of the whole batch)."""
+    gt = torch.rand(2, 3, 10, 12) * 10 + 0.5
+    pred = gt * torch.exp(0.3 * torch.randn_like(gt))
+    valid = torch.rand(gt.shape) > 0.25
+    valid[1, :, :5] = False  # clips with different valid counts
+    pred[1] *= 1.7
+    together = metric(pred, gt, valid)
+    apart = torch.stack([metric(pred[i], gt[i], valid[i]) for i in range(2)])
+    assert together.shape == (2,)
+    torch.testing.assert_close(together, apart, rtol=0, atol=0)
+    pooled = metric(pred, gt, valid, per="all")
+    assert pooled.shape == () and not torch.isclose(pooled, together.mean())
+
+
+# ----------------------------------------------------------------------------- C++ mask and select
+
+def _cpp_cases(shape, dtype):
+    """Fresh random disparities with the default mask's invalid values (0, negatives, NaN, inf,
+    -0.0) as holes, an all-invalid group, a single-valid-pixel group and a two-valid group."""
+    d = torch.exp(torch.randn(shape) * 1.5)
+    u = torch.rand(shape)
+    d[u < 0.06] = 0.0
+    d[(u >= 0.06) & (u < 0.08)] = -d[(u >= 0.06) & (u < 0.08)]
+    d[(u >= 0.08) & (u < 0.09)] = math.nan
+    d[(u >= 0.09) & (u < 0.10)] = math.inf
+    d[(u >= 0.10) & (u < 0.11)] = -0.0
+    rows = d.view(-1, shape[-1] * shape[-2])
+    rows[0] = -1.0                 # no valid pixel
+    if rows.shape[0] > 2:
+        rows[1] = 0.0
+        rows[1, 7] = 2.5           # a single valid pixel (degenerate: scale 0)
+        rows[2, :] = math.nan
+        rows[2, 3], rows[2, 11] = 1.0, 4.0  # two valid pixels: the mean of both
+    return d.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_ID.get)
+@pytest.mark.parametrize("shape", [(3, 5, 37, 41), (2, 7, 1, 13), (4, 3, 17, 3)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_cpp_mask_built_inside_matches_reference(dtype, shape):
+    """valid not given: the C++ op tests finite and > 0 while reading the values (per-group
+    radix select), forward and backward, against the reference with the mask built in PyTorch."""
+    d = _cpp_cases(shape, dtype)
+    x_ref, x = d.clone().requires_grad_(True), d.clone().requires_grad_(True)
+    ref = normalize_disparity_reference(x_ref, None, "frame")
+    with rk.use_backend("cpp"):
+        out = rk.normalize_disparity(x, None, "frame")
+    for name, a, b in zip(("normalized", "shift", "scale"), out, ref):
+        assert_parity(a, b, dtype=dtype, name=name)
+    flat_shift = out[1].reshape(-1)
+    assert flat_shift[0] == 0 and out[2].reshape(-1)[0] == 1
+    assert flat_shift[1] == 0 and out[2].reshape(-1)[1] == 1  # one valid pixel: degenerate
+    assert flat_shift[2] == 2.5                                # two valid: their mean
+    grads = [torch.randn_like(t) for t in ref]
+    torch.autograd.backward(ref, grads)
+    with rk.use_backend("cpp"):
+        torch.autograd.backward(out, grads)
+    assert_parity(x.grad, x_ref.grad, dtype=dtype, name="grad")
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 64, 1000, 4097])
+def test_cpp_radix_select_matches_numpy_median(n):
+    """Many odd and even counts, few distinct values (ties across the radix levels), values
+    spanning 60 binades and both signs."""
+    g = 6
+    kinds = [torch.exp(torch.randn(g, n) * 20), torch.randn(g, n) * 1e-3,
+             torch.randint(-2, 3, (g, n)).float() * 0.25, torch.exp(torch.randn(g, n)) + 1e6]
+    for x in kinds:
+        valid = torch.rand(g, n) > 0.3
+        valid[:, 0] = True
+        with rk.use_backend("cpp"):
+            _, shift, scale = rk.normalize_disparity(x.view(g, 1, n), valid.view(g, 1, n))
+        for i in range(g):
+            v = x[i][valid[i]].double().numpy()
+            med = float(np.float32(np.median(v)))
+            mad = np.abs(v - med).mean()
+            if mad == 0 or np.float32(mad) == 0:
+                assert shift[i] == 0 and scale[i] == 1
+            else:
+                assert shift[i].item() == pytest.approx(med, rel=1e-6, abs=1e-30)
+                assert scale[i].item() == pytest.approx(mad, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=DT_ID.get)
+def test_cpp_threaded_single_clip_mask_built_inside(dtype):
+    """The threaded single-clip path with valid not given, forward and backward."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        d = _cpp_cases((1, 3, 241, 227), dtype)  # 164k values, one group: threaded path
+        x_ref, x = d.clone().requires_grad_(True), d.clone().requires_grad_(True)
+        ref = normalize_disparity_reference(x_ref, None, "clip")
+        with rk.use_backend("cpp"):
+            out = rk.normalize_disparity(x, None, "clip")
+        for a, b in zip(out, ref):
+            assert_parity(a, b, dtype=dtype)
+        grads = [torch.randn_like(t) for t in ref]
+        torch.autograd.backward(ref, grads)
+        with rk.use_backend("cpp"):
+            torch.autograd.backward(out, grads)
+        assert_parity(x.grad, x_ref.grad, dtype=dtype, name="grad")
+    finally:
+        torch.set_num_threads(old)
 
 
 # ----------------------------------------------------------------------------- backends
