@@ -11,9 +11,9 @@
   each (B, T, 1, hidden) to broadcast over that frame's tokens. A block uses 9 chunks
   (shift, scale, gate for self-attention, cross-attention and MLP); the final layer 2 (shift,
   scale). ``up`` starts at zero (adaLN-Zero): every gate is 0 at init, so each sublayer starts
-  as the identity. (Cosmos-Predict2 gives each sublayer its own rank-256 LoRA and adds a shared
-  3-vector base from the timestep MLP; one LoRA per block keeps the same per-frame form with
-  fewer parameters: 10 * hidden * rank per block instead of 12.)
+  as the identity. ``modulation="block"`` (the default) uses one 9-chunk LoRA per block: 10 *
+  hidden * rank parameters per block; ``"sublayer"`` (Cosmos-Predict2's) one 3-chunk LoRA per
+  sublayer (12 * hidden * rank) plus the shared base below.
 * :class:`Predict2TimestepEmbedding` (``modulation="sublayer"``, Cosmos-Predict2's form): the
   sinusoid of ``scale * t`` at the model width ``f``; returns ``emb = RMSNorm(f)`` (affine, eps
   1e-6; what every AdaLN-LoRA reads) and ``base = linear_2(SiLU(linear_1(f)))`` (no biases,
