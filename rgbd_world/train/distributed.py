@@ -63,12 +63,16 @@ def barrier() -> None:
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean of ``t`` over ranks (a copy; ``t`` itself on one process)."""
+    """Mean of ``t`` over ranks (a copy on ``t``'s device; ``t`` itself on one process). A CPU
+    tensor travels through the current GPU when the backend is NCCL (which reduces GPU tensors
+    only)."""
     if not dist.is_initialized():
         return t
     out = t.detach().clone()
+    if out.device.type != "cuda" and dist.get_backend() == "nccl":
+        out = out.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / dist.get_world_size()
+    return (out / dist.get_world_size()).to(t.device)
 
 
 def wrap_model(model: nn.Module, strategy: str, info: DistInfo, blocks: list[nn.Module]) -> nn.Module:
