@@ -84,7 +84,17 @@ def test_pretrained_kinds_load_to_the_same_model(tmp_path):
     assert from_pt.config.qk_norm_eps == 1e-6 and from_dir.config.qk_norm_eps == 1e-5
     assert (from_pt.config.hidden, from_pt.config.depth, from_pt.config.heads,
             from_pt.config.text_dim, from_pt.config.adaln_rank) == (32, 2, 2, 64, 8)
-    for model in (from_dir, from_pt):
+    # a saved RGBDPipeline's dit/ (denoiser weights, "dit." keys, and its config)
+    import dataclasses
+    pipe = tmp_path / "pipeline"
+    (pipe / "dit").mkdir(parents=True)
+    (pipe / "pipeline.json").write_text("{}")
+    (pipe / "dit" / "config.json").write_text(json.dumps(dataclasses.asdict(ref.config)))
+    save_file({f"dit.{k}": v.contiguous() for k, v in ref.state_dict().items()},
+              str(pipe / "dit" / "model.safetensors"))
+    from_pipe = load_pretrained_dit(pipe)
+    assert from_pipe.config == ref.config
+    for model in (from_dir, from_pt, from_pipe):
         for k, v in ref.state_dict().items():
             assert torch.equal(model.state_dict()[k], v), k
     assert rel(_call(from_dir), _call(ref)) == 0.0
