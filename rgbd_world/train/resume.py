@@ -28,7 +28,8 @@ def _any_rank(flag: bool) -> bool:
     return all_reduce_mean(torch.tensor([1.0 if flag else 0.0])).item() > 0.0
 
 
-def setting_differences(out_dir: Path, stage_name: str, cfg: dict[str, dict[str, Any]]) -> list[str]:
+def setting_differences(out_dir: Path, stage_name: str,
+                        cfg: dict[str, dict[str, Any]]) -> list[str]:
     """The stage and ``model.*`` settings of this run that differ from the ones in
     ``<out_dir>/config.json`` (the run being resumed), as ``"model.preset='tiny' in the run,
     'small' now"`` strings."""
