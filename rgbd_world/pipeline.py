@@ -183,15 +183,16 @@ class RGBDPipeline:
         return cls(tokenizer, rgb_tokenizer, denoiser, mcfg["text_encoder"], defaults, device)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write safetensors weights + JSON configs (atomically: temporary dir, then rename)."""
+        """Write safetensors weights + JSON configs atomically (this process's temporary
+        directory, then one rename over ``directory``). An existing ``directory`` is replaced
+        only if it is empty or a saved pipeline."""
         import shutil
 
         from safetensors.torch import save_file
 
-        from rgbd_world.tokenizer.checkpoint import config_to_dict
-
         from rgbd_world.data.shards import remove_stale_temporaries, temporary_path
         from rgbd_world.export import replace_directory
+        from rgbd_world.tokenizer.checkpoint import config_to_dict
 
         out = Path(directory)
         if out.exists() and not (out.is_dir() and (not any(out.iterdir())

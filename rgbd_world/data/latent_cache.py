@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .dataset import SkippingDataset
-from .shards import progress_bar, remove_stale_temporaries, write_npz_atomic, write_text_atomic
+from .shards import (progress_bar, remove_stale_temporaries, write_npz_atomic, write_text_atomic,
+                     writers_in_flight)
 
 __all__ = ["LATENT_GLOB", "encode_dataset", "LatentDataset", "collate_latents", "load_encoder",
            "pool_encoder"]
@@ -154,7 +155,7 @@ def encode_dataset(dataset, encoder: Callable, out_dir: str | os.PathLike, *,
         except (OSError, ValueError):
             old = None  # unreadable: only replaced when no shard depends on it
         # a manifest without shards is what a failed run left: nothing to keep, start afresh
-        if old != config and any(out.glob(LATENT_GLOB)):
+        if old != config and (any(out.glob(LATENT_GLOB)) or writers_in_flight(out)):
             raise ValueError(f"{out} holds a latent cache made with other settings ({old}); "
                              f"use another directory (asked for {config})")
     write_text_atomic(manifest, json.dumps({"config": config, "complete": False}, indent=1))

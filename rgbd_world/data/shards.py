@@ -92,6 +92,12 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def writers_in_flight(out_dir: Path) -> list[Path]:
+    """Temporaries in ``out_dir`` whose writer still runs (another process is writing there)."""
+    return sorted(p for p in out_dir.glob(".*.tmp-*") if _TMP_PATTERN.search(p.name)
+                  and not temporary_owner_gone(p) and not p.name.endswith(f".tmp-{os.getpid()}@{_HOST}"))
+
+
 def remove_stale_temporaries(out_dir: Path, prefix: str = ".") -> list[Path]:
     """Delete ``<prefix>*.tmp-*`` leftovers of interrupted writes (never matched by readers)
     whose writer is gone; another writer's in-flight temporaries are left alone."""
@@ -238,11 +244,11 @@ def generate_dataset(out_dir: str | os.PathLike, num_clips: int, frames: int = 1
             old_config = old.get("config") if isinstance(old, dict) else None
         except (OSError, ValueError):
             old_config = None  # unreadable: only replaced below when no shard depends on it
-        if old_config != config and has_shards:
+        if old_config != config and (has_shards or writers_in_flight(out)):
             raise ValueError(f"{out} already holds a dataset generated with different settings "
                              f"({old_config}); use another directory or the same "
                              f"settings to resume (asked for {config})")
-        # no shard yet: a failed or killed earlier run leaves nothing to keep; start afresh
+        # no shard and no writer: a failed or killed earlier run left nothing; start afresh
     elif has_shards:
         raise ValueError(f"{out} holds shards but no {_MANIFEST}; refusing to mix datasets")
     out.mkdir(parents=True, exist_ok=True)

@@ -187,11 +187,20 @@ def test_another_writers_temporary_survives_cleanup(tmp_path):
             p.write_bytes(b"in flight")
         generate_dataset(tmp_path, 1, 2, 8, 8, progress=False)
         assert all(p.exists() for p in live)          # another writer's file: left alone
+        # a directory another writer is filling (no shard yet) is not taken over
+        busy = tmp_path / "busy"
+        busy.mkdir()
+        (busy / "manifest.json").write_text('{"config": {"num_clips": 7}, "complete": false}')
+        (busy / f".shard-000000.npz.tmp-{writer.pid}@{os.uname().nodename}").write_bytes(b"x")
+        with pytest.raises(ValueError, match="different settings"):
+            generate_dataset(busy, 1, 2, 8, 8, progress=False)
     finally:
         writer.kill()
         writer.wait()
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(live)  # its writer is gone
     assert not any(p.exists() for p in live)
+    generate_dataset(busy, 1, 2, 8, 8, progress=False)  # that writer died: start afresh
+    assert len(list(busy.glob("shard-*.npz"))) == 1 and not list(busy.glob(".*.tmp-*"))
 
 
 def _children(pid: int) -> list[int]:
