@@ -23,6 +23,9 @@ class InvalidArgument(ValueError):
         self.argument, self.value, self.allowed, self.reason = argument, value, allowed, reason
         super().__init__(self.format(argument))
 
+    def __reduce__(self):  # survives pickling (worker processes re-raise it in the parent)
+        return type(self), (self.argument, self.value, self.allowed, self.reason)
+
     def format(self, name: str) -> str:
         """The one-line message, with the argument called ``name`` (e.g. its CLI flag)."""
         text = f"{name}={self.value!r}" + (f": {self.reason}" if self.reason else "")

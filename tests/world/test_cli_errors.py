@@ -247,3 +247,15 @@ def test_make_data_workers_die_with_their_parent(tmp_path):
     for w in alive:  # do not leave them running if the test fails
         os.kill(w, signal.SIGKILL)
     assert not alive, "pool workers outlived their killed parent"
+
+
+def test_invalid_argument_survives_pickling_and_renames():
+    import pickle
+
+    from rgbd_world.validation import InvalidArgument, check_int
+
+    with pytest.raises(InvalidArgument) as exc:
+        check_int("num_frames", True, 1)              # a bool is not a count
+    again = pickle.loads(pickle.dumps(exc.value))  # as a worker process hands it back
+    assert (again.argument, again.value, again.allowed) == ("num_frames", True, "an integer >= 1")
+    assert again.format("--frames") == "--frames=True (allowed: an integer >= 1)"
