@@ -176,9 +176,12 @@ def test_train_dit_20_steps_from_a_diffusers_transformer(tmp_path):
     saved = json.loads((out / "model_config.json").read_text())["dit"]
     assert (saved["latent_channels"], saved["cond_channels"], saved["hidden"]) == (18, 16, 32)
     assert saved["modulation"] == "sublayer" and saved["rope_scale"] == [1.0, 3.0, 3.0]
-    # the run is itself a valid model.init (our DiT kind)
+    # the run is itself a valid model.init (our DiT kind), and generates through the pipeline
     again = load_pretrained_dit(out)
     assert again.config.latent_channels == 18 and again.config.is_predict2
+    from rgbd_world.pipeline import RGBDPipeline
+    video = RGBDPipeline.from_training_runs(rgbd, out)(prompt="a box", steps=2, progress=False)
+    assert video.rgb.shape == (9, 32, 32, 3) and torch.isfinite(video.disparity).all()
     # a pretrained DiT reading another text width is refused, both widths named (exit 2)
     _transformer(text_dim=32).save_pretrained(tmp_path / "t32")
     bad = subprocess.run(cmd[:-1] + [f"model.init={tmp_path / 't32'}",
