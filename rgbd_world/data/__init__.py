@@ -7,10 +7,15 @@
 - :mod:`.dataset`: :class:`RGBDVideoDataset` (normalized disparity, crops, flips, bad-data
   skipping).
 - :mod:`.latent_cache`: :func:`encode_dataset` and :class:`LatentDataset` for stage 2.
+- :mod:`.pseudo_label`: :func:`pseudo_label_videos` (ordinary videos -> shards with estimated
+  depth and captions; ``rgbd-world pseudo-label``).
+- :mod:`.mixing`: :class:`WeightedMix` and :func:`mixed_rgbd_dataset` (weighted mixes of sources).
 """
 from .captions import caption_scene, caption_variants
 from .dataset import BadSampleError, BadSampleWarning, RGBDVideoDataset
 from .latent_cache import LatentDataset, collate_latents, encode_dataset
+from .mixing import WeightedMix, mixed_rgbd_dataset
+from .pseudo_label import pseudo_label_videos
 from .readers import FORMATS, RawClip, find_clips
 from .shards import generate_dataset
 from .synthetic import SyntheticClip, make_clip, render, sample_scene
@@ -18,4 +23,5 @@ from .synthetic import SyntheticClip, make_clip, render, sample_scene
 __all__ = ["sample_scene", "render", "make_clip", "SyntheticClip", "caption_scene",
            "caption_variants", "generate_dataset", "RGBDVideoDataset", "BadSampleWarning",
            "BadSampleError", "find_clips", "FORMATS", "RawClip", "encode_dataset",
-           "LatentDataset", "collate_latents"]
+           "LatentDataset", "collate_latents", "WeightedMix", "mixed_rgbd_dataset",
+           "pseudo_label_videos"]
