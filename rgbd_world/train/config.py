@@ -26,7 +26,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "data": {
         "source": "synthetic", "root": "", "num_clips": 64, "frames": 9, "height": 64, "width": 64,
-        "batch_size": 2, "num_workers": 0, "flip": True,
+        "batch_size": 2, "num_workers": 0, "flip": True, "mix": [],
     },
     "model": {"preset": "tiny", "geometry_channels": 0, "teacher": "", "dit_preset": "tiny",
               "text_encoder": "byte", "tokenizer": "", "rgb_tokenizer": "",
@@ -142,6 +142,15 @@ def validate_config(cfg: dict[str, dict[str, Any]]) -> None:
         value = cfg.get(section, {}).get(key)
         if value is not None and not test(value):
             raise ConfigError(f"config key '{dotted}' must be {desc}, got {value!r}")
+    mix = cfg.get("data", {}).get("mix")
+    if mix:
+        for item in mix:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                    and item[0] and isinstance(item[1], (int, float))
+                    and not isinstance(item[1], bool) and math.isfinite(item[1]) and item[1] > 0):
+                raise ConfigError("config key 'data.mix' must be a list of [directory, weight] "
+                                  f"pairs with weights > 0 like [[\"data/synth\", 0.5], "
+                                  f"[\"data/pseudo\", 0.5]], got {mix!r}")
     betas = cfg.get("optim", {}).get("betas")
     if betas is not None and not (
             isinstance(betas, list) and len(betas) == 2

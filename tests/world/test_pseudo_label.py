@@ -270,3 +270,32 @@ def test_cli_pseudo_label_then_bad_depth_model(models, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--depth-model" in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_training_reads_a_mix_of_synthetic_and_pseudo_labelled_shards(models, tmp_path):
+    """`data.mix` in a training config: a 2-step tokenizer run on procedural + pseudo shards."""
+    from pathlib import Path
+
+    from rgbd_world.data.shards import generate_dataset
+    from rgbd_world.train.config import ConfigError, load_config
+
+    depth, _, _ = models
+    pseudo = tmp_path / "pseudo"
+    pseudo_label_videos(_write_videos(tmp_path / "videos"), pseudo, depth_model=depth, frames=9,
+                        stride=1, height=32, width=32, captions=_captions_file(tmp_path),
+                        progress=False)
+    synthetic = tmp_path / "synthetic"
+    generate_dataset(synthetic, num_clips=2, frames=9, height=32, width=32, progress=False)
+    mix = f'data.mix=[["{synthetic}", 1.0], ["{pseudo}", 1.0]]'
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "train.py"), "--stage", "tokenizer", "--config", "tiny-cpu",
+           "run.steps=2", "run.ckpt_every=2", "run.sample_every=0", "data.batch_size=2",
+           "data.height=32", "data.width=32", "data.frames=9", "data.source=shards",
+           f"run.out_dir={tmp_path / 'run'}", mix]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) >= 1 and all(np.isfinite(json.loads(x)["loss"]) for x in lines)
+    with pytest.raises(ConfigError, match="data.mix"):
+        load_config("tiny-cpu", ['data.mix=[["a", -1]]'])

@@ -25,11 +25,18 @@ from .base import Stage
 
 def build_rgbd_dataset(cfg: dict[str, dict[str, Any]], info, temporal_compression: int):
     """The dataset of ``data.source``: "synthetic" renders procedural shards once (rank 0) under
-    ``<run.out_dir>/data``; "shards"/"folder"/any reader format reads ``data.root``."""
-    from rgbd_world.data import RGBDVideoDataset, generate_dataset
+    ``<run.out_dir>/data``; "shards"/"folder"/any reader format reads ``data.root``. A non-empty
+    ``data.mix`` ([[directory, weight], ...]) reads those directories instead, mixed with those
+    weights (for example procedural and pseudo-labelled shards)."""
+    from rgbd_world.data import RGBDVideoDataset, generate_dataset, mixed_rgbd_dataset
 
     data = cfg["data"]
     size = (data["height"], data["width"])
+    if data["mix"] and data["source"] != "latents":
+        return mixed_rgbd_dataset([(root, weight) for root, weight in data["mix"]],
+                                  seed=cfg["run"]["seed"], frames=data["frames"], size=size,
+                                  augment=True, flip_prob=0.5 if data["flip"] else 0.0,
+                                  temporal_compression=temporal_compression)
     if data["source"] == "latents":
         raise ValueError("data.source='latents' (a latent cache) is for stage 'dit' only; the "
                          "tokenizer stages train on videos: use 'synthetic', 'shards' or a "
