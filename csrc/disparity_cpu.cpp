@@ -359,15 +359,8 @@ void depth_to_disparity_cpu(const at::Tensor& depth, double min_depth, double ma
     const scalar_t* d = depth.data_ptr<scalar_t>();
     scalar_t* out = disparity.data_ptr<scalar_t>();
     at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const float z = static_cast<float>(d[i]);
-        const bool in_range = std::isfinite(z) && z > 0.f && z >= lo && z <= hi;
-        // a disparity that overflows the dtype (fp16: depth below ~1.5e-5) is not valid
-        const scalar_t inv = static_cast<scalar_t>(in_range ? 1.f / z : 0.f);
-        const bool ok = in_range && std::isfinite(static_cast<float>(inv));
-        vptr[i] = ok;
-        out[i] = ok ? inv : static_cast<scalar_t>(0.f);
-      }
+      for (int64_t i = begin; i < end; ++i)
+        vptr[i] = depth_to_disparity_element(static_cast<float>(d[i]), lo, hi, out[i]);
     });
   });
 }

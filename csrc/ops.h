@@ -4,7 +4,29 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cfloat>
+
+#if defined(__CUDACC__)
+#define RGBD_HOST_DEVICE __host__ __device__
+#else
+#define RGBD_HOST_DEVICE
+#endif
+
 namespace rgbd {
+
+// One element of depth_to_disparity, shared by the CPU op and the CUDA kernel (so the CPU tests
+// run the CUDA kernel's arithmetic): valid when depth z is finite, > 0, in [lo, hi] and 1/z is
+// finite in scalar_t (fp16: z >= ~1.5e-5); writes 1/z or 0. Comparisons are false for NaN.
+template <typename scalar_t>
+RGBD_HOST_DEVICE inline bool depth_to_disparity_element(float z, float lo, float hi,
+                                                        scalar_t& disparity) {
+  const bool in_range = z > 0.f && z <= FLT_MAX && z >= lo && z <= hi;
+  const scalar_t inv = static_cast<scalar_t>(in_range ? 1.f / z : 0.f);
+  const float back = static_cast<float>(inv);
+  const bool ok = in_range && back <= FLT_MAX && back >= -FLT_MAX;
+  disparity = ok ? inv : static_cast<scalar_t>(0.f);
+  return ok;
+}
 
 // depth (N) float/half/bf16 contiguous -> disparity (N) same dtype, valid (N) bool.
 // valid = finite && depth > 0 && min_depth <= depth <= max_depth && 1/depth finite in the dtype;

@@ -1,6 +1,7 @@
 // CUDA implementation of depth_to_disparity (elementwise; see ops.h for the contract).
-// One thread per element in a grid-stride loop; float32 math for every input dtype, like the
-// C++ CPU op and the reference, so all paths agree bit for bit on the valid mask.
+// One thread per element in a grid-stride loop; the element arithmetic is
+// rgbd::depth_to_disparity_element (ops.h), the same function the C++ CPU op runs, so the CPU
+// tests cover it (float32 math for every dtype; an overflowing fp16 disparity is invalid).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -22,13 +23,8 @@ __global__ void depth_to_disparity_kernel(const scalar_t* __restrict__ depth,
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
-    const float z = static_cast<float>(depth[i]);
-    const bool in_range = isfinite(z) && z > 0.f && z >= lo && z <= hi;
-    // a disparity that overflows the dtype (fp16: depth below ~1.5e-5) is not valid
-    const scalar_t inv = static_cast<scalar_t>(in_range ? 1.f / z : 0.f);
-    const bool ok = in_range && isfinite(static_cast<float>(inv));
-    valid[i] = ok;
-    disparity[i] = ok ? inv : static_cast<scalar_t>(0.f);
+    // shared with the CPU op (ops.h): a disparity that overflows the dtype is not valid
+    valid[i] = depth_to_disparity_element(static_cast<float>(depth[i]), lo, hi, disparity[i]);
   }
 }
 
