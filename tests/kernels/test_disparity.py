@@ -1,5 +1,6 @@
 """Disparity ops: every fast path against the reference, properties, bad input, op checks."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -493,6 +494,12 @@ def test_normalize_extreme_groups_exact(backend, values):
 def test_depth_to_disparity_overflowing_disparity_is_invalid(backend, dtype):
     """fp16: a depth of 1e-5 has disparity 1e5 > 65504; it was inf and marked valid."""
     depth = torch.tensor([1e-5, 2e-5, 1e-3, 0.5, 3.0, 1e-30, 1e-39]).to(dtype)
+    skip = []
+    if backend == "triton" and dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        # the CPU interpreter's bf16 <-> fp32 conversions garble subnormal values (1e-39 reads
+        # as 4.4e-39), as inputs and as outputs (1/3e38); on a GPU they are exact and run
+        depth = depth[depth.float() >= torch.finfo(torch.bfloat16).smallest_normal]
+        skip = ["subnormal", "top_of_range", "near_max"]
     with rk.use_backend(backend):
         disp, valid = rk.depth_to_disparity(depth)
     assert torch.isfinite(disp).all()
@@ -501,8 +508,8 @@ def test_depth_to_disparity_overflowing_disparity_is_invalid(backend, dtype):
     assert (disp[~valid] == 0).all()
     torch.testing.assert_close(disp[valid].double(), 1.0 / depth[valid].double(), rtol=1e-2, atol=0)
     if dtype == torch.float16:
-        assert not valid[0]
-    for name, edged in edge_cases(torch.rand(3, 5, 7).to(dtype) + 0.1,
+        assert not valid[0] and valid[2]
+    for name, edged in edge_cases(torch.rand(3, 5, 7).to(dtype) + 0.1, skip=skip,
                                   names=["subnormal", "top_of_range", "near_max", "signed_zeros"]):
         with rk.use_backend(backend):
             disp, valid = rk.depth_to_disparity(edged)
