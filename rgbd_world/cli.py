@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from rgbd_world.package_data import DEFAULT_PIPELINE_NAME, shipped_pipeline
 from rgbd_world.validation import (InvalidArgument, check_device, check_finite, check_int,
                                    check_output_dir, check_seed)
 
@@ -50,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval_tokenizer)
 
     def generation_args(p, with_prompt=True):
-        p.add_argument("--pipeline", default=str(DEFAULT_PIPELINE),
-                       help="saved RGBDPipeline directory (default: the shipped tiny checkpoint)")
+        p.add_argument("--pipeline", default=DEFAULT_PIPELINE_NAME,
+                       help="saved RGBDPipeline directory, or the name of a shipped one "
+                       "(default: %(default)s, the shipped tiny checkpoint)")
         if with_prompt:
             p.add_argument("--prompt", default="", help="text prompt")
         p.add_argument("--out", default=f"outputs/{p.prog.split()[-1]}",
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     dep.set_defaults(func=_generate, image=None)
     evg = sub.add_parser("eval-generation", help="depth accuracy, TAE and RGB-depth coherence "
                          "of a pipeline on held-out procedural clips")
-    evg.add_argument("--pipeline", default=str(DEFAULT_PIPELINE))
+    evg.add_argument("--pipeline", default=DEFAULT_PIPELINE_NAME)
     evg.add_argument("--num-clips", type=int, default=4)
     evg.add_argument("--steps", type=int, default=10)
     evg.add_argument("--data", default=None, help="where to render the held-out clips")
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEFAULT_PIPELINE = Path(__file__).resolve().parent.parent / "assets" / "tiny-rgbd"
+DEFAULT_PIPELINE = shipped_pipeline(DEFAULT_PIPELINE_NAME)  # ships inside the package
 
 
 def _load_pipeline(args: argparse.Namespace, device: str = "cpu"):

@@ -1,6 +1,6 @@
 """Generation: a prompt, an RGB image or an RGB video in, a coherent RGB + depth video out.
 
-    pipe = RGBDPipeline.from_pretrained("assets/tiny-rgbd")
+    pipe = RGBDPipeline.from_pretrained("tiny-rgbd")      # the shipped one, or a directory
     out = pipe(prompt="a red sphere rolls left ...", num_frames=9, height=32, width=32, seed=0)
     out.rgb (T, H, W, 3) float in [0, 1]; out.disparity (T, H, W) normalized (median 0, MAD 0.5);
     out.depth (T, H, W) relative depth (see :func:`relative_depth`)
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rgbd_world.package_data import resolve_pipeline
 from rgbd_world.validation import (InvalidArgument, check_choice, check_finite, check_int,
                                    check_seed)
 
@@ -185,52 +186,36 @@ class RGBDPipeline:
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write safetensors weights + JSON configs atomically (this process's temporary
         directory, then one rename over ``directory``). An existing ``directory`` is replaced
-        only if it is empty or a saved pipeline."""
-        import shutil
-
-        from safetensors.torch import save_file
-
-        from rgbd_world.data.shards import remove_stale_temporaries, temporary_path
-        from rgbd_world.export import replace_directory
-        from rgbd_world.tokenizer.checkpoint import config_to_dict
+        only if it is empty or a saved pipeline. Each model writes its own subdirectory
+        (its ``save_pretrained`` layout); ``pipeline.json`` names the text encoder and defaults."""
+        from rgbd_world.atomic import atomic_directory
 
         out = Path(directory)
         if out.exists() and not (out.is_dir() and (not any(out.iterdir())
                                                    or (out / "pipeline.json").exists())):
             raise InvalidArgument("directory", str(out), "a new or empty directory, or a saved "
                                   "pipeline (it is replaced)", "it holds something else")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out.parent, prefix=f".{out.name}.tmp-")
-        tmp = temporary_path(out)  # this process's own name: concurrent savers never collide
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            for name, model, config in (
-                    ("tokenizer", self.tokenizer, config_to_dict(self.tokenizer.config)),
-                    ("rgb_tokenizer", self.rgb_tokenizer, config_to_dict(self.rgb_tokenizer.config)),
-                    ("dit", self.denoiser, dataclasses.asdict(self.denoiser.dit.config))):
-                (tmp / name).mkdir(parents=True)
-                state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-                save_file(state, tmp / name / "model.safetensors")
-                (tmp / name / "config.json").write_text(json.dumps(config, indent=1))
+        if not self.denoiser.text_encoder_name:
+            self.denoiser.text_encoder_name = self.text_encoder_name
+        with atomic_directory(out) as tmp:
+            for name, model in (("tokenizer", self.tokenizer), ("rgb_tokenizer", self.rgb_tokenizer),
+                                ("dit", self.denoiser)):
+                (tmp / name).mkdir()
+                model.write_pretrained(tmp / name)
             (tmp / "pipeline.json").write_text(json.dumps(
                 {"format": FORMAT, "version": 1, "text_encoder": self.text_encoder_name,
                  "defaults": self.defaults}, indent=1))
-            replace_directory(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device="cpu") -> "RGBDPipeline":
-        from safetensors.torch import load_file
-
-        from rgbd_world.dit import DiT, DiTConfig, build_text_encoder
+        """A saved pipeline: a directory written by :meth:`save_pretrained`, or the name of one
+        that ships with the package (``"tiny-rgbd"``)."""
+        from rgbd_world.dit import build_text_encoder
         from rgbd_world.dit.denoiser import RGBDDenoiser
         from rgbd_world.tokenizer import VideoTokenizer
-        from rgbd_world.tokenizer.checkpoint import config_from_dict
 
-        root = Path(directory)
+        root = resolve_pipeline(directory)
         meta_file = root / "pipeline.json"
         if not root.is_dir():
             raise FileNotFoundError(f"{root} is not a saved RGBDPipeline (no such directory)")
@@ -244,43 +229,15 @@ class RGBDPipeline:
             if not isinstance(meta.get(key), kind):
                 raise ValueError(f"{meta_file}: {key!r} must be a {kind.__name__}, got "
                                  f"{meta.get(key)!r}")
-
-        def build(name, make):
-            config_file = root / name / "config.json"
-            config = _read_json_object(config_file)
-            try:
-                return make(config)
-            except (TypeError, ValueError, KeyError, AttributeError) as err:
-                raise ValueError(f"{config_file}: not a valid {name} config "
-                                 f"({type(err).__name__}: {err})") from None
-
-        def load(name, model):
-            weights = root / name / "model.safetensors"
-            if not weights.exists():
-                raise FileNotFoundError(f"{weights} is missing (saved pipeline incomplete)")
-            try:
-                state = load_file(weights)
-            except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-                raise ValueError(f"{weights}: unreadable weights, truncated or not safetensors "
-                                 f"({type(err).__name__}: {err})") from None
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                raise ValueError(f"{weights} does not match {root / name / 'config.json'}: "
-                                 f"{_first_lines(str(err))}") from None
-            return model
-
-        tokenizer = load("tokenizer", build(
-            "tokenizer", lambda c: VideoTokenizer(config_from_dict(c))))
-        rgb_tokenizer = load("rgb_tokenizer", build(
-            "rgb_tokenizer", lambda c: VideoTokenizer(config_from_dict(c))))
+        tokenizer = VideoTokenizer.from_pretrained(root / "tokenizer")
+        rgb_tokenizer = VideoTokenizer.from_pretrained(root / "rgb_tokenizer")
         try:
             text = build_text_encoder(meta["text_encoder"])
         except (ValueError, OSError, ImportError) as err:
             raise ValueError(f"{meta_file}: text_encoder {meta['text_encoder']!r} cannot be "
                              f"built ({err})") from None
-        denoiser = load("dit", build(
-            "dit", lambda c: RGBDDenoiser(DiT(_dit_config(DiTConfig, c)), text)))
+        denoiser = RGBDDenoiser.from_pretrained(root / "dit", text_encoder=text)
+        denoiser.text_encoder_name = meta["text_encoder"]
         return cls(tokenizer, rgb_tokenizer, denoiser, meta["text_encoder"], meta["defaults"], device)
 
     # ------------------------------------------------------------------ generation

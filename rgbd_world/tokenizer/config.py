@@ -123,6 +123,20 @@ class TokenizerConfig:
     def replace(self, **changes) -> "TokenizerConfig":
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict:
+        """The fields as a JSON-able dict (tuples become lists in JSON)."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict) -> "TokenizerConfig":
+        """The config of :meth:`to_dict`'s dict; unknown fields are a ValueError naming them."""
+        fields = {f.name for f in dataclasses.fields(TokenizerConfig)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"unknown TokenizerConfig fields {unknown}")
+        return TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in data.items()})
+
     @staticmethod
     def preset(preset: str, in_channels: int = 3, **overrides) -> "TokenizerConfig":
         """The named preset with ``in_channels`` (3 RGB, 4 RGBD) and any field overridden."""

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rgbd_world.saved_model import SavedModel
+
 from .blocks import (CausalGroupNorm, CausalSequential, HybridDownsample, HybridUpsample,
                      ResnetBlockFactorized, SpatialAttention, StreamState, TemporalAttention,
                      run_conv)
@@ -204,10 +206,17 @@ class Decoder(nn.Module):
 
 # ----------------------------------------------------------------------------- tokenizer
 
-class VideoTokenizer(nn.Module):
+class VideoTokenizer(SavedModel, nn.Module):
     """Encoder + 1x1x1 ``quant_conv`` (AE: the latent is its output) + ``post_quant_conv`` +
     decoder. ``config``: a :class:`TokenizerConfig` or a preset name ("tiny", "cosmos-cv8x8x8",
-    "cosmos-cv4x8x8"); keyword overrides go to the config (e.g. ``in_channels=4``)."""
+    "cosmos-cv4x8x8"); keyword overrides go to the config (e.g. ``in_channels=4``).
+
+    ``save_pretrained(dir)`` / ``VideoTokenizer.from_pretrained(dir)``: config.json (format
+    ``"rgbd-world-tokenizer"``) + model.safetensors (:mod:`rgbd_world.saved_model`)."""
+
+    saved_format = "rgbd-world-tokenizer"
+    saved_format_version = 1
+    config_class = TokenizerConfig
 
     def __init__(self, config: TokenizerConfig | str = "tiny", **overrides):
         super().__init__()

@@ -1,6 +1,6 @@
-"""Training configs: TOML files in ``configs/`` plus dotted command-line overrides.
+"""Training configs: TOML files in ``rgbd_world/configs/`` (shipped with the package) plus dotted command-line overrides.
 
-``load_config("tiny-cpu", ["optim.lr=3e-4", "run.steps=50"])`` reads ``configs/tiny-cpu.toml``
+``load_config("tiny-cpu", ["optim.lr=3e-4", "run.steps=50"])`` reads the shipped ``tiny-cpu.toml``
 (or any path to a .toml file), applies the overrides (values parsed as TOML: numbers, booleans,
 strings, lists) and checks every key against :data:`DEFAULTS` and every number against
 :data:`RANGES`, so a typo or an impossible value is an error that names the key and the value
@@ -15,7 +15,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from rgbd_world.package_data import config_dir
+
+CONFIG_DIR = config_dir()   # rgbd_world/configs, shipped with the package
 
 # Every key a config may set, with its default. Sections map to the trainer's parts.
 DEFAULTS: dict[str, dict[str, Any]] = {

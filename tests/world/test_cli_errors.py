@@ -14,7 +14,7 @@ import torch
 from rgbd_world.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-PIPELINE = ROOT / "assets" / "tiny-rgbd"
+PIPELINE = ROOT / "rgbd_world" / "assets" / "tiny-rgbd"
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def test_evaluate_generation_reports_depthcrafter_on_the_exported_depth(tmp_path
     from rgbd_world.pipeline import RGBDPipeline
 
     root = Path(__file__).resolve().parents[2]
-    pipe = RGBDPipeline.from_pretrained(root / "assets" / "tiny-rgbd")
+    pipe = RGBDPipeline.from_pretrained(root / "rgbd_world" / "assets" / "tiny-rgbd")
     got = evaluate_generation(pipe, num_clips=1, steps=2, data_dir=tmp_path, text_mode=False)
     d = pipe.defaults
     clip = RGBDVideoDataset(tmp_path, frames=d["num_frames"], size=(d["height"], d["width"]),

@@ -51,7 +51,7 @@ def data_root(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- configs
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.toml")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "rgbd_world" / "configs").glob("*.toml")))
 def test_every_config_builds_its_models(name):
     """Each shipped config names presets that exist: the tokenizer (RGB and RGBD) and the DiT
     are built on the meta device (no memory, no time)."""
