@@ -158,10 +158,14 @@ class DiT(SavedModel, nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def rope(self, frames: int, height: int, width: int, device) -> Rope3D:
-        """The 3D RoPE of a token grid (frames, height, width) = (T, H/2, W/2), cached (last one)."""
+        """The 3D RoPE of a token grid (frames, height, width) = (T, H/2, W/2), cached (last one;
+        built inside the graph under torch.compile: a cache write there forces a recompile)."""
+        cfg = self.config
+        if torch.compiler.is_compiling():
+            return Rope3D(frames, height, width, cfg.head_dim, cfg.rope_theta, device,
+                          scale=cfg.rope_scale, layout=cfg.rope_layout)
         key = (frames, height, width, str(device))
         if key not in self._rope_cache:
-            cfg = self.config
             self._rope_cache = {key: Rope3D(frames, height, width, cfg.head_dim, cfg.rope_theta,
                                             device, scale=cfg.rope_scale, layout=cfg.rope_layout)}
         return self._rope_cache[key]
