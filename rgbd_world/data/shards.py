@@ -12,8 +12,8 @@ Atomicity: a shard is written to ``.shard-000000.npz.tmp-<pid>@<host>`` (a name 
 match, owned by the writing process), flushed, fsynced and renamed over its final name. An
 interrupted run leaves at most a temporary file; the next run deletes temporaries whose writer
 is gone (never those of a writer still running) and skips every shard that already has its
-final name. Clip ``i``
-is rendered from seed ``(seed, i)``, so a resumed run produces the same dataset.
+final name. Clip ``i`` is rendered from seed ``(seed, i)``, so a resumed run produces the same
+dataset. ``make-data --workers`` processes end with their parent, also on ``kill -9``.
 """
 from __future__ import annotations
 
@@ -57,16 +57,20 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}@{_HOST}")
 
 
+def _temporary_owner(path: Path) -> tuple[int, str | None] | None:
+    """(pid, host) of a temporary's writer (host None for names without one), None if ``path``
+    is not a temporary."""
+    m = _TMP_PATTERN.search(path.name)
+    return None if m is None else (int(m.group(1)), m.group(2))
+
+
 def temporary_owner_gone(path: Path) -> bool:
     """Whether the process that owns the temporary ``path`` is gone (its pid no longer runs on
     this host). Temporaries of another host are never judged gone: their writer may still run."""
-    m = _TMP_PATTERN.search(path.name)
-    if m is None:
+    owner = _temporary_owner(path)
+    if owner is None or (owner[1] is not None and owner[1] != _HOST):
         return False
-    pid, host = int(m.group(1)), m.group(2)
-    if host is not None and host != _HOST:
-        return False
-    return pid != os.getpid() and not process_alive(pid)
+    return owner[0] != os.getpid() and not process_alive(owner[0])
 
 
 def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
@@ -88,14 +92,18 @@ def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
 
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = temporary_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def writers_in_flight(out_dir: Path) -> list[Path]:
     """Temporaries in ``out_dir`` whose writer still runs (another process is writing there)."""
-    return sorted(p for p in out_dir.glob(".*.tmp-*") if _TMP_PATTERN.search(p.name)
-                  and not temporary_owner_gone(p) and not p.name.endswith(f".tmp-{os.getpid()}@{_HOST}"))
+    mine = (os.getpid(), _HOST)
+    return sorted(p for p in out_dir.glob(".*.tmp-*") if _temporary_owner(p) not in (None, mine)
+                  and not temporary_owner_gone(p))
 
 
 def remove_stale_temporaries(out_dir: Path, prefix: str = ".") -> list[Path]:
@@ -176,7 +184,8 @@ def _render_shard(job: dict) -> tuple[int, int]:
 
 def die_with_parent(parent_pid: int) -> None:
     """Make this (worker) process end when ``parent_pid`` does, even on ``kill -9`` of the parent:
-    ``PR_SET_PDEATHSIG`` on Linux, else a daemon thread that watches the parent's pid."""
+    ``PR_SET_PDEATHSIG`` on Linux (it fires when the thread that forked us ends: the pool is made
+    and used by the calling thread), else a daemon thread that watches the parent's pid."""
     import signal
     import threading
 
