@@ -9,8 +9,16 @@ Median: for an even number n of valid values it is the mean of the two middle or
 (0-based ranks n/2 - 1 and n/2), like ``numpy.median`` (``torch.median`` returns the lower one).
 Its gradient is shared equally among values tied with a middle order statistic.
 
-Paths: ``reference`` (PyTorch), ``cpp`` (CPU, ``csrc/disparity_cpu.cpp``), ``triton`` (GPU, or
+Paths: ``reference`` (PyTorch), ``cpp`` (CPU, ``csrc/disparity_cpu.cpp``: median by radix
+selection over float keys, the default mask tested while reading the values), ``triton`` (GPU, or
 CPU under ``TRITON_INTERPRET=1``; median by radix selection). All return float32 statistics.
+
+Edge values: the midpoint of the two middle values, the deviations and (where float32 could
+overflow) the output are evaluated in float64, so any finite input -- up to the float32 max, or
+subnormal -- gives finite shift, scale and output on every path.
+
+Metrics: :func:`abs_rel` and :func:`delta1` default to one value per clip, so clips evaluated
+together equal the same clips evaluated apart; ``per="all"`` pools the pixels of the batch.
 """
 from __future__ import annotations
 
@@ -369,7 +377,8 @@ def normalize_disparity(disparity: torch.Tensor, valid: torch.Tensor | None = No
     Returns:
         normalized (same shape and dtype; 0 on invalid pixels), shift and scale (float32, shaped
         like the leading dims). A group without valid values, or whose valid values are all
-        equal (scale 0), gets shift 0, scale 1 and zeros, never NaN or inf.
+        equal (scale 0), gets shift 0, scale 1 and zeros. Never NaN or inf, also for values
+        near the float32 max or subnormal ones.
     Differentiable w.r.t. ``disparity`` (shift and scale are functions of it too).
     """
     check_float("disparity", disparity)

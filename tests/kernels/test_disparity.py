@@ -691,11 +691,12 @@ def test_opcheck(backend):
     rows, vrows = d.reshape(6, 42), valid.reshape(6, 42)
     with rk.use_backend(backend):
         torch.library.opcheck(_depth_to_disparity_op, (d, 0.1, 10.0))
-        torch.library.opcheck(_normalize_rows_op, (rows.clone().requires_grad_(True), vrows))
-        out, stats = _normalize_rows_op(rows, vrows)
-        torch.library.opcheck(_normalize_rows_backward_op,
-                              (torch.randn_like(rows), torch.randn_like(stats), rows, vrows, stats,
-                               backend))
+        for v in (vrows, None):  # None: the default mask (built inside the C++ op)
+            torch.library.opcheck(_normalize_rows_op, (rows.clone().requires_grad_(True), v))
+            out, stats = _normalize_rows_op(rows, v)
+            torch.library.opcheck(_normalize_rows_backward_op,
+                                  (torch.randn_like(rows), torch.randn_like(stats), rows, v, stats,
+                                   backend))
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
