@@ -105,7 +105,7 @@ def replace_directory(tmp: Path, out: Path) -> None:
 
 
 def _temporary_dir(out: Path) -> Path:
-    from rgbd_world.data.shards import temporary_path, remove_stale_temporaries
+    from rgbd_world.data.shards import remove_stale_temporaries, temporary_path
 
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(out.parent, prefix=f".{out.name}.tmp-"):
