@@ -644,6 +644,25 @@ def test_cpp_threaded_single_clip_mask_built_inside(dtype):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("case", ["top_of_range", "subnormal"])
+def test_cpp_threaded_single_clip_edge_values(case):
+    """The threaded single-clip path at the float32 limits: finite, equal to the reference."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        (_, d), = edge_cases(torch.exp(torch.randn(1, 3, 241, 227)), names=[case],
+                             seed=int(torch.randint(1 << 30, ())))
+        valid = torch.rand(d.shape) > 0.2
+        for v in (valid, None):
+            with rk.use_backend("cpp"):
+                out = rk.normalize_disparity(d, v, "clip")
+            _check_normalized(*out, d, v, "clip")
+            for a, b in zip(out, normalize_disparity_reference(d, v, "clip")):
+                assert_parity(a, b, name=case)
+    finally:
+        torch.set_num_threads(old)
+
+
 # ----------------------------------------------------------------------------- backends
 
 def test_backend_selection_and_errors(monkeypatch):
