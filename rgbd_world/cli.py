@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="print versions and which kernel backends can run here")
     info.set_defaults(func=_info)
-    from rgbd_world.data.cli import (add_cache_latents_parser, add_make_data_parser,
-                                     add_pseudo_label_parser)
+    from rgbd_world.data_commands import (add_cache_latents_parser, add_make_data_parser,
+                                          add_pseudo_label_parser)
 
     add_make_data_parser(sub)
     add_cache_latents_parser(sub)
@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     ev.set_defaults(func=_eval_tokenizer)
+    exp = sub.add_parser("export-run", help="write a training run's checkpoint as a saved model "
+                         "(a tokenizer, or a whole pipeline for a DiT run) that from_pretrained reads")
+    exp.add_argument("--run", required=True, help="run directory of train.py")
+    exp.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    exp.add_argument("--out", default=None, help="output directory (default: <run>/exported)")
+    exp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    exp.set_defaults(func=_export_run)
 
     def generation_args(p, with_prompt=True):
         p.add_argument("--pipeline", default=DEFAULT_PIPELINE_NAME,
@@ -173,10 +180,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_run(args: argparse.Namespace) -> int:
+    from rgbd_world.train.run_models import export_run
+
+    if args.step is not None:
+        check_int("step", args.step, 0)
+    run = Path(args.run)
+    if not (run / "model_config.json").is_file():
+        raise InvalidArgument("run", args.run, "a train.py run directory (with model_config.json)",
+                              "no such directory" if not run.exists() else "no model_config.json")
+    try:
+        out = export_run(run, args.out, ema=not args.no_ema, step=args.step)
+    except FileNotFoundError as err:
+        raise InvalidArgument("step" if args.step is not None else "run",
+                              args.step if args.step is not None else args.run,
+                              "a step with a complete checkpoint", " ".join(str(err).split())) from None
+    print(f"exported {run} to {out}")
+    return 0
+
+
 def _eval_tokenizer(args: argparse.Namespace) -> int:
     import json
 
-    from rgbd_world.eval import evaluate_run
+    from rgbd_world.train.evaluate_run import evaluate_run
 
     check_int("num_clips", args.num_clips, 1)
     check_device(args.device)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from rgbd_world.cli import DEFAULT_PIPELINE
+from rgbd_world.package_data import DEFAULT_PIPELINE_NAME
 
 
 def _train(stage: str, out: Path, steps: int, *extra: str) -> None:
@@ -27,12 +27,13 @@ def run_demo(out: Path, steps: int = 300, skip_training: bool = False,
              prompt: str = "a red sphere moves left in front of a blue box") -> Path:
     from rgbd_world.export import write_outputs
     from rgbd_world.pipeline import RGBDPipeline
+    from rgbd_world.train.run_models import pipeline_from_training_runs
     from rgbd_world.validation import check_int
 
     check_int("steps", steps, 1)
     start = time.perf_counter()
     if skip_training:
-        pipe = RGBDPipeline.from_pretrained(DEFAULT_PIPELINE)
+        pipe = RGBDPipeline.from_pretrained(DEFAULT_PIPELINE_NAME)
     else:
         runs = out / "runs"
         data = runs / "data"
@@ -40,7 +41,7 @@ def run_demo(out: Path, steps: int = 300, skip_training: bool = False,
         _train("tokenizer", runs / "rgbd", steps, f"data.root={data}", f"model.teacher={runs / 'rgb'}")
         _train("dit", runs / "dit", 4 * steps, f"data.root={data}", f"model.tokenizer={runs / 'rgbd'}",
                "optim.lr=1e-3")
-        pipe = RGBDPipeline.from_training_runs(runs / "rgbd", runs / "dit")
+        pipe = pipeline_from_training_runs(runs / "rgbd", runs / "dit")
         pipe.save_pretrained(out / "pipeline")
     sample = pipe(prompt=prompt, seed=0)
     paths = write_outputs(sample, out / "sample")

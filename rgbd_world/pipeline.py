@@ -11,7 +11,6 @@ text encoder, its weights inside ``dit/`` (the denoiser holds it).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -135,7 +134,10 @@ def _load_rgb(source, num_frames: int | None, height: int, width: int,
 
 
 class RGBDPipeline:
-    """RGBD tokenizer + RGB tokenizer + DiT denoiser (+ text encoder) and a flow-matching solver."""
+    """RGBD tokenizer + RGB tokenizer + DiT denoiser (+ text encoder) and a flow-matching solver.
+
+    Built from saved models only (:meth:`from_pretrained`); a pipeline out of training runs is
+    ``rgbd_world.train.run_models.pipeline_from_training_runs(tokenizer_run, dit_run)``."""
 
     def __init__(self, tokenizer, rgb_tokenizer, denoiser, text_encoder_name: str,
                  defaults: dict | None = None, device: str | torch.device = "cpu"):
@@ -154,35 +156,6 @@ class RGBDPipeline:
         return self
 
     # ------------------------------------------------------------------ building / saving
-    @classmethod
-    def from_training_runs(cls, tokenizer_run: str | os.PathLike, dit_run: str | os.PathLike,
-                           device="cpu", ema: bool = True, **defaults) -> "RGBDPipeline":
-        """Assemble a pipeline from a ``--stage tokenizer`` run and a ``--stage dit`` run."""
-        from safetensors.torch import load_file
-
-        from rgbd_world.dit import DiT, DiTConfig, build_text_encoder
-        from rgbd_world.dit.denoiser import RGBDDenoiser
-        from rgbd_world.tokenizer.checkpoint import load_rgb_tokenizer, load_tokenizer
-        from rgbd_world.train.checkpoint import latest_checkpoint
-
-        dit_run = Path(dit_run)
-        mcfg = json.loads((dit_run / "model_config.json").read_text())
-        run_cfg = json.loads((dit_run / "config.json").read_text())
-        tokenizer = load_tokenizer(tokenizer_run)
-        rgb_tokenizer = load_rgb_tokenizer(tokenizer_run, run_cfg["model"]["rgb_tokenizer"])
-        text = build_text_encoder(mcfg["text_encoder"])
-        denoiser = RGBDDenoiser(DiT(_dit_config(DiTConfig, mcfg["dit"])), text)
-        ckpt = latest_checkpoint(dit_run)
-        if ckpt is None:
-            raise FileNotFoundError(f"no complete checkpoint under {dit_run}")
-        state = load_file(ckpt / "model.safetensors")
-        if ema:
-            state.update(load_file(ckpt / "ema.safetensors"))
-        denoiser.load_state_dict(state, strict=True)
-        d = run_cfg["data"]
-        defaults = {"num_frames": d["frames"], "height": d["height"], "width": d["width"], **defaults}
-        return cls(tokenizer, rgb_tokenizer, denoiser, mcfg["text_encoder"], defaults, device)
-
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write safetensors weights + JSON configs atomically (this process's temporary
         directory, then one rename over ``directory``). An existing ``directory`` is replaced
@@ -367,16 +340,6 @@ def _read_json_object(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: must hold a JSON object, got {type(data).__name__}")
     return data
-
-
-def _first_lines(text: str, limit: int = 400) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
-def _dit_config(cls, data: dict):
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields})
 
 
 __all__ = ["RGBDPipeline", "RGBDOutput", "relative_depth"]

@@ -21,7 +21,6 @@ Augmented datasets are encoded as they come (one random crop per sample); pass
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -34,7 +33,7 @@ from .dataset import SkippingDataset
 from .shards import (progress_bar, remove_stale_temporaries, write_npz_atomic, write_text_atomic,
                      writers_in_flight)
 
-__all__ = ["LATENT_GLOB", "encode_dataset", "LatentDataset", "collate_latents", "load_encoder",
+__all__ = ["LATENT_GLOB", "encode_dataset", "LatentDataset", "collate_latents",
            "pool_encoder"]
 
 LATENT_GLOB = "latents-*.npz"
@@ -58,26 +57,6 @@ def pool_encoder(video: torch.Tensor, spatial: int = 8, temporal: int = 8) -> to
         parts.append(rest.reshape(b, c, t // temporal, temporal, h, w).mean(3))
     x = torch.cat(parts, 2)
     return torch.nn.functional.avg_pool3d(x, (1, spatial, spatial))
-
-
-def load_encoder(spec: str, device: str | torch.device = "cpu") -> Callable:
-    """An encoder from a CLI spec: ``package.module:callable`` or a tokenizer checkpoint path
-    (a training run directory, a saved tokenizer or a Cosmos checkpoint)."""
-    if ":" in spec and not os.path.exists(spec):
-        module, _, attr = spec.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"cannot load encoder {spec!r}: {err}") from err
-        if not callable(obj):
-            raise ValueError(f"encoder {spec!r} is not callable")
-        return obj
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist")
-    from rgbd_world.tokenizer.checkpoint import load_encoder as load_tokenizer_encoder
-
-    return load_tokenizer_encoder(path, device=device)
 
 
 def _text_tokens(text_encoder, captions: list[str]) -> list[torch.Tensor]:

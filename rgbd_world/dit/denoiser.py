@@ -7,7 +7,8 @@ becomes the null text (every token masked, zeros); returns the DiT's velocity. F
 checkpoints hold only what is trained.
 
 ``save_pretrained(dir)`` / ``RGBDDenoiser.from_pretrained(dir)``: config.json (format
-``"rgbd-world-denoiser"``: the DiT's config fields plus ``"text_encoder"``, its name) +
+``"rgbd-world-denoiser"``: the DiT's config fields plus ``"text_encoder"``, its name, and for a
+trained text encoder ``"text_encoder_config"``, its sizes) +
 model.safetensors (the DiT's weights under ``dit.``, a trained text encoder's under
 ``text_encoder.``). A frozen text encoder is rebuilt from its name (or passed as ``text_encoder=``).
 """
@@ -22,7 +23,7 @@ from rgbd_world.saved_model import SavedModel
 
 from .config import DiTConfig
 from .model import DiT
-from .text import build_text_encoder
+from .text import ByteTextEncoder, build_text_encoder
 
 
 class RGBDDenoiser(SavedModel, nn.Module):
@@ -43,7 +44,10 @@ class RGBDDenoiser(SavedModel, nn.Module):
         if not self.text_encoder_name:
             raise ValueError("this RGBDDenoiser's text encoder has no name to save; pass "
                              "text_encoder_name= ('byte', 'minilm' or a local model directory)")
-        return {**self.dit.config.to_dict(), "text_encoder": self.text_encoder_name}
+        config = {**self.dit.config.to_dict(), "text_encoder": self.text_encoder_name}
+        if self.text_encoder is not None:   # trained with the DiT: its sizes too
+            config["text_encoder_config"] = self.text_encoder.saved_config()
+        return config
 
     @classmethod
     def from_saved_config(cls, config: dict, version: int, text_encoder=None) -> "RGBDDenoiser":
@@ -51,6 +55,11 @@ class RGBDDenoiser(SavedModel, nn.Module):
         saved pipeline's ``dit/`` written before formats were recorded) has no name: pass it."""
         config = dict(config)
         name = config.pop("text_encoder", None)
+        text_config = config.pop("text_encoder_config", None)
+        if text_config is not None and name == ByteTextEncoder.name and \
+                (text_encoder is None or isinstance(text_encoder, ByteTextEncoder)):
+            # trained with the DiT: rebuilt at its saved sizes (its weights are in this directory)
+            text_encoder = ByteTextEncoder.from_saved_config(text_config, version)
         if text_encoder is None:
             if name is None:
                 raise ValueError("the saved config names no text encoder; pass text_encoder=")

@@ -9,9 +9,10 @@
   or a pipeline directory with ``transformer/``): :func:`~.diffusers_compat.load_diffusers_dit`;
 * a file: NVIDIA's Cosmos-Predict2 DiT checkpoint (``net.*`` keys):
   :func:`~.diffusers_compat.load_predict2_checkpoint`;
-* our DiT: a ``train.py --stage dit`` run directory (``model_config.json`` with a "dit" entry;
-  its newest complete checkpoint, EMA weights) or a saved ``RGBDPipeline`` directory
-  (``pipeline.json`` + ``dit/``).
+* our DiT: a saved ``DiT`` / ``RGBDDenoiser`` directory (``save_pretrained``) or a saved
+  ``RGBDPipeline`` directory (``pipeline.json`` + ``dit/``). (A ``train.py --stage dit`` run
+  directory is read by ``rgbd_world.train.run_models.load_pretrained_dit``, which knows
+  checkpoints and then calls this one.)
 
 Anything else is a :class:`~.diffusers_compat.DiTLoadError` naming what was expected and found.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -28,15 +28,11 @@ from .config import DiTConfig
 from .diffusers_compat import DiTLoadError, load_diffusers_dit, load_predict2_checkpoint
 from .model import DiT
 
-__all__ = ["load_pretrained_dit", "inflate_dit_to_rgbd"]
-
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+__all__ = ["load_pretrained_dit", "inflate_dit_to_rgbd", "load_dit_from_files"]
 
 
 def _config_from_dict(data: dict) -> DiTConfig:
-    fields = {f.name for f in dataclasses.fields(DiTConfig)}
-    return DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
-                        if k in fields})
+    return DiTConfig.from_dict(data)
 
 
 def _dit_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -46,7 +42,8 @@ def _dit_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_ours(config: dict, files: list[Path], where: Path) -> DiT:
+def load_dit_from_files(config: dict, files: list[Path], where: Path) -> DiT:
+    """Our DiT of ``config`` with the (``dit.``-prefixed or bare) weights of ``files``."""
     from safetensors.torch import load_file
 
     cfg = _config_from_dict(config)
@@ -62,16 +59,6 @@ def _load_ours(config: dict, files: list[Path], where: Path) -> DiT:
     return model.eval()
 
 
-def _newest_checkpoint(run: Path) -> Path:
-    root = run / "checkpoints"
-    done = sorted((p for p in root.iterdir() if _STEP_DIR.match(p.name)
-                   and (p / "COMPLETE").exists()), key=lambda p: int(_STEP_DIR.match(p.name)[1]),
-                  reverse=True) if root.is_dir() else []
-    if not done:
-        raise DiTLoadError(f"{run}: expected a complete checkpoint under {root}, found none")
-    return done[0]
-
-
 def load_pretrained_dit(path: str | Path, **overrides) -> DiT:
     """A pretrained DiT of any supported kind (module docstring), on the CPU, eval mode.
     ``overrides``: run-time config fields (backend, fp8)."""
@@ -83,18 +70,18 @@ def load_pretrained_dit(path: str | Path, **overrides) -> DiT:
     if p.is_file():
         return load_predict2_checkpoint(p, **overrides)
     if (p / "model_config.json").is_file():
-        mcfg = json.loads((p / "model_config.json").read_text())
-        if "dit" not in mcfg:
-            raise DiTLoadError(f"{p}: expected a 'train.py --stage dit' run, found a run "
-                               f"without a DiT (model_config.json keys {sorted(mcfg)})")
-        ckpt = _newest_checkpoint(p)
-        files = [ckpt / "model.safetensors"] + ([ckpt / "ema.safetensors"]
-                                                 if (ckpt / "ema.safetensors").exists() else [])
-        model = _load_ours(dict(mcfg["dit"], **overrides), files, ckpt)
-        return model
-    if (p / "pipeline.json").is_file() and (p / "dit" / "config.json").is_file():
-        config = json.loads((p / "dit" / "config.json").read_text())
-        return _load_ours(dict(config, **overrides), [p / "dit" / "model.safetensors"], p / "dit")
+        raise DiTLoadError(f"{p}: expected a saved DiT, found a training run directory; read it "
+                           "with rgbd_world.train.run_models.load_pretrained_dit (model.init "
+                           "does), or export it first (rgbd-world export-run)")
+    in_pipeline = (p / "pipeline.json").is_file() and (p / "dit" / "config.json").is_file()
+    if in_pipeline:
+        p = p / "dit"
+    if (p / "config.json").is_file():
+        config = json.loads((p / "config.json").read_text())
+        ours = ("rgbd-world-dit", "rgbd-world-denoiser") + ((None,) if in_pipeline else ())
+        if isinstance(config, dict) and config.get("_format") in ours:
+            config = {k: v for k, v in config.items() if not k.startswith("_")}
+            return load_dit_from_files(dict(config, **overrides), [p / "model.safetensors"], p)
     if (p / "config.json").is_file() or (p / "transformer" / "config.json").is_file():
         return load_diffusers_dit(p, **overrides)
     raise DiTLoadError(f"model.init: {p} is a directory but not a known DiT: expected config.json "

@@ -1,8 +1,8 @@
 """Evaluation: reconstruction and depth metrics (this project's "rgbd" protocol and the published
-DepthCrafter / Marigold protocols), and tokenizer evaluation on held-out clips."""
+DepthCrafter / Marigold protocols), and tokenizer evaluation on held-out clips (of a training run: ``rgbd_world.train.evaluate_run``)."""
 from .depth_protocols import PROTOCOLS, video_depth_metrics
 from .metrics import boundary_f1, depth_edges, disparity_metrics, psnr, ssim
-from .tokenizer_eval import evaluate_run, evaluate_tokenizer
+from .tokenizer_eval import evaluate_tokenizer
 
 __all__ = ["psnr", "ssim", "disparity_metrics", "video_depth_metrics", "PROTOCOLS", "depth_edges",
-           "boundary_f1", "evaluate_tokenizer", "evaluate_run"]
+           "boundary_f1", "evaluate_tokenizer"]

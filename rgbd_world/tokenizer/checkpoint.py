@@ -1,82 +1,40 @@
-"""Rebuild a tokenizer from a training run, or from a Cosmos checkpoint the user has on disk.
+"""Load a tokenizer from a saved-model directory, or from a Cosmos checkpoint the user has on
+disk. (Training runs are read by :mod:`rgbd_world.train.run_models`, which knows checkpoints;
+this module knows only saved models.)
 
-* :func:`load_tokenizer` -- a run directory of ``train.py --stage tokenizer|tokenizer-rgb``
-  (``model_config.json`` + ``checkpoints/step_*/``), its EMA weights by default.
+* ``VideoTokenizer.from_pretrained(dir)`` -- a directory of ``save_pretrained`` (or of
+  ``rgbd-world export-run`` / the end of a training run).
 * :func:`load_cosmos_tokenizer` -- ``autoencoder.jit`` (or a directory holding it, or
   ``encoder.jit`` + ``decoder.jit``) of NVIDIA's Cosmos continuous video tokenizer.
 * a diffusers ``AutoencoderKLCosmos`` directory (``save_pretrained``; read without diffusers).
-* :func:`load_encoder` -- any of the above as a callable ``x -> latent`` (for the latent cache).
+* :func:`load_any_tokenizer` -- any of the above; :func:`load_encoder` -- as ``x -> latent``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 
 import torch
 
+from rgbd_world.saved_model import check_state_dict
+
 from .config import TokenizerConfig
 from .cosmos_compat import load_cosmos_state_dict
 from .model import VideoTokenizer
 
+__all__ = ["config_to_dict", "config_from_dict", "check_state_dict", "load_cosmos_tokenizer",
+           "load_any_tokenizer", "load_encoder", "encoder_of"]
+
 
 def config_to_dict(config: TokenizerConfig) -> dict:
-    return dataclasses.asdict(config)
+    """``config.to_dict()`` (kept for older callers)."""
+    return config.to_dict()
 
 
 def config_from_dict(data: dict) -> TokenizerConfig:
-    fields = {f.name for f in dataclasses.fields(TokenizerConfig)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ValueError(f"unknown TokenizerConfig fields {unknown}")
-    return TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-def load_tokenizer(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu",
-                   step: int | None = None) -> VideoTokenizer:
-    """The tokenizer of a training run (newest complete checkpoint, or ``step``), in eval mode."""
-    from safetensors.torch import load_file
-
-    from rgbd_world.train.checkpoint import checkpoint_root, latest_checkpoint
-
-    run = Path(path)
-    cfg_file = run / "model_config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{run} is not a tokenizer run directory: no model_config.json")
-    model_config = json.loads(cfg_file.read_text())
-    if "tokenizer" not in model_config or "dit" in model_config:
-        raise ValueError(f"{run}: expected a tokenizer run ('train.py --stage tokenizer' or "
-                         f"'tokenizer-rgb'), found a run whose model_config.json holds "
-                         f"{sorted(model_config)}" + (" (a DiT run)" if "dit" in model_config
-                                                      else ""))
-    ckpt = latest_checkpoint(run) if step is None else checkpoint_root(run) / f"step_{step:09d}"
-    if ckpt is None or not (ckpt / "COMPLETE").exists():
-        raise FileNotFoundError(f"no complete checkpoint under {checkpoint_root(run)}")
-    model = VideoTokenizer(config_from_dict(model_config["tokenizer"]))
-    state = load_file(ckpt / "model.safetensors")
-    if ema:
-        state.update(load_file(ckpt / "ema.safetensors"))
-    check_state_dict(model, state, f"{ckpt} for the {model.config.name} tokenizer of "
-                     f"{cfg_file.name}")
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
-
-
-def check_state_dict(model: torch.nn.Module, state: dict, what: str) -> None:
-    """ValueError listing missing, unexpected and wrongly shaped keys (found vs expected)
-    when ``state`` does not fit ``model`` exactly."""
-    want = model.state_dict()
-    missing = sorted(set(want) - set(state))
-    unexpected = sorted(set(state) - set(want))
-    mismatched = [f"{k}: found {tuple(state[k].shape)}, expected {tuple(want[k].shape)}"
-                  for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
-    if missing or unexpected or mismatched:
-        rows = "".join(f"\n  {title} ({len(r)}): " + ", ".join(r[:10])
-                       + (f" ... and {len(r) - 10} more" if len(r) > 10 else "")
-                       for title, r in (("missing", missing), ("unexpected", unexpected),
-                                        ("shape mismatches", mismatched)) if r)
-        raise ValueError(f"{what}: the weights do not match the model:{rows}")
+    """``TokenizerConfig.from_dict(data)`` (kept for older callers)."""
+    return TokenizerConfig.from_dict(data)
 
 
 def load_cosmos_tokenizer(path: str | os.PathLike, preset: str = "cosmos-cv8x8x8",
@@ -108,51 +66,35 @@ def load_cosmos_tokenizer(path: str | os.PathLike, preset: str = "cosmos-cv8x8x8
 
 def load_any_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu",
                        preset: str = "cosmos-cv8x8x8") -> VideoTokenizer:
-    """A training run directory, a diffusers ``AutoencoderKLCosmos`` directory (its own config;
-    ``preset`` unused), else a Cosmos TorchScript checkpoint (loaded into ``preset``)."""
+    """A saved tokenizer directory (``VideoTokenizer.save_pretrained``), a diffusers
+    ``AutoencoderKLCosmos`` directory (its own config; ``preset`` unused), else a Cosmos
+    TorchScript checkpoint (loaded into ``preset``). A training run directory is refused with a
+    pointer to :func:`rgbd_world.train.run_models.load_any_tokenizer`."""
     from .diffusers_compat import is_diffusers_tokenizer_dir, load_diffusers_tokenizer
 
     p = Path(path)
     if (p / "model_config.json").exists():
-        return load_tokenizer(p, device=device)
+        raise ValueError(f"{p}: expected a saved tokenizer, found a training run directory; read "
+                         f"it with rgbd_world.train.run_models.load_any_tokenizer, or export it "
+                         f"first (rgbd-world export-run --run {p})")
     if is_diffusers_tokenizer_dir(p):
         return load_diffusers_tokenizer(p).to(device)
     if p.is_dir() and (p / "config.json").is_file() and not (p / "autoencoder.jit").exists():
-        kind = json.loads((p / "config.json").read_text()).get("_class_name")
-        raise ValueError(f"{p}: expected a tokenizer (a tokenizer run, Cosmos TorchScript files "
-                         f"or a diffusers AutoencoderKLCosmos directory), found a directory with "
-                         f"config.json of {kind or 'an unknown model'}")
+        try:
+            kind = json.loads((p / "config.json").read_text())
+        except (ValueError, UnicodeDecodeError):
+            kind = {}
+        if isinstance(kind, dict) and kind.get("_format") == VideoTokenizer.saved_format:
+            return VideoTokenizer.from_pretrained(p, device=device)
+        kind = kind.get("_class_name") or kind.get("_format") if isinstance(kind, dict) else None
+        raise ValueError(f"{p}: expected a tokenizer (a saved tokenizer, Cosmos TorchScript "
+                         f"files or a diffusers AutoencoderKLCosmos directory), found a directory "
+                         f"with config.json of {kind or 'an unknown model'}")
     return load_cosmos_tokenizer(p, preset=preset, device=device)
 
 
-def run_teacher(tokenizer_run: str | os.PathLike) -> str:
-    """The RGB teacher recorded in a tokenizer training run's config.json ("" when the run had
-    none, or ``tokenizer_run`` is not a training run directory)."""
-    config = Path(tokenizer_run) / "config.json"
-    if not config.is_file():
-        return ""
-    return json.loads(config.read_text()).get("model", {}).get("teacher", "") or ""
-
-
-def load_rgb_tokenizer(tokenizer_run: str | os.PathLike, explicit: str | os.PathLike = "",
-                       device: str | torch.device = "cpu") -> VideoTokenizer:
-    """The RGB tokenizer that goes with an RGBD tokenizer run: ``explicit`` if given, else the
-    teacher recorded in the run's config.json. ValueError when the run had no teacher."""
-    path = explicit
-    if not path:
-        if not (Path(tokenizer_run) / "config.json").is_file():
-            raise FileNotFoundError(f"{Path(tokenizer_run) / 'config.json'} not found: expected a "
-                                    "'train.py --stage tokenizer' run directory")
-        path = run_teacher(tokenizer_run)
-        if not path:
-            raise ValueError(f"{tokenizer_run} was trained without an RGB teacher; set "
-                             "model.rgb_tokenizer to an RGB tokenizer (tokenizer-rgb run or Cosmos)")
-    return load_any_tokenizer(path, device=device)
-
-
-def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """``x (B, C, T, H, W) -> latent`` of the tokenizer at ``path`` (no grad)."""
-    model = load_any_tokenizer(path, device=device)
+def encoder_of(model: VideoTokenizer, device: str | torch.device = "cpu"):
+    """``x (B, C, T, H, W) -> latent`` of ``model`` (no grad); ``encode.model`` is ``model``."""
 
     @torch.no_grad()
     def encode(x: torch.Tensor) -> torch.Tensor:
@@ -160,3 +102,8 @@ def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu"):
 
     encode.model = model
     return encode
+
+
+def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """:func:`encoder_of` the tokenizer :func:`load_any_tokenizer` reads at ``path``."""
+    return encoder_of(load_any_tokenizer(path, device=device), device)

@@ -13,7 +13,7 @@ from .stages import STAGES
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Train a stage of rgbd-world (1 process or torchrun).")
     p.add_argument("--stage", required=True, choices=sorted(STAGES), help="what to train")
-    p.add_argument("--config", required=True, help="configs/<name>.toml preset name, or a .toml path")
+    p.add_argument("--config", required=True, help="name of a shipped config (tiny-cpu, small-gpu, cosmos-cv8x8x8), or a .toml path")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in run.out_dir")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
@@ -54,6 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     if summary.get("rank", 0) == 0:  # one summary line per run, not per process
+        exported = _export(cfg["run"]["out_dir"]) if summary["checkpoint"] else None
         print(json.dumps({"done": summary["step"], "checkpoint": summary["checkpoint"],
-                          "last": summary["last"]}, default=str))
+                          "last": summary["last"], "exported": exported}, default=str))
     return 0
+
+
+def _export(out_dir: str) -> str | None:
+    """The finished run as a ``from_pretrained`` directory (``<run>/exported``); a failure
+    here is a warning (the training itself is done and checkpointed)."""
+    from .run_models import export_run
+
+    try:
+        return os.fspath(export_run(out_dir))
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"train.py: warning: the run finished but could not be exported "
+              f"({_one_line(exc)}); retry with: rgbd-world export-run --run {out_dir}",
+              file=sys.stderr)
+        return None

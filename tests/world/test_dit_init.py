@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from rgbd_world.dit import DiT
 from rgbd_world.dit.diffusers_compat import DiTLoadError, load_predict2_checkpoint
-from rgbd_world.dit.pretrained import load_pretrained_dit
+from rgbd_world.train.run_models import load_pretrained_dit  # runs too; the rest: rgbd_world.dit
 from rgbd_world.tokenizer import VideoTokenizer
 from rgbd_world.tokenizer.checkpoint import config_to_dict
 
@@ -179,8 +179,8 @@ def test_train_dit_20_steps_from_a_diffusers_transformer(tmp_path):
     # the run is itself a valid model.init (our DiT kind), and generates through the pipeline
     again = load_pretrained_dit(out)
     assert again.config.latent_channels == 18 and again.config.is_predict2
-    from rgbd_world.pipeline import RGBDPipeline
-    video = RGBDPipeline.from_training_runs(rgbd, out)(prompt="a box", steps=2, progress=False)
+    from rgbd_world.train.run_models import pipeline_from_training_runs
+    video = pipeline_from_training_runs(rgbd, out)(prompt="a box", steps=2, progress=False)
     assert video.rgb.shape == (9, 32, 32, 3) and torch.isfinite(video.disparity).all()
     # a pretrained DiT reading another text width is refused, both widths named (exit 2)
     _transformer(text_dim=32).save_pretrained(tmp_path / "t32")

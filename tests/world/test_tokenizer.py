@@ -375,7 +375,8 @@ def _tokenizer_run(path, model, extra=None):
 
 
 def test_wrong_kind_size_or_layout_of_tokenizer_checkpoint_says_expected_and_found(tmp_path):
-    from rgbd_world.tokenizer import load_any_tokenizer, load_cosmos_tokenizer, load_tokenizer
+    from rgbd_world.tokenizer import load_cosmos_tokenizer
+    from rgbd_world.train.run_models import load_any_tokenizer, load_tokenizer
     # a run whose weights are another size than its config: found vs expected, no torch traceback
     run = _tokenizer_run(tmp_path / "run", VideoTokenizer("tiny", channels=8))
     cfg = json.loads((run / "model_config.json").read_text())

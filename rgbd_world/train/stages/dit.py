@@ -33,7 +33,7 @@ class DiTStage(Stage):
     def build_model(self) -> nn.Module:
         from rgbd_world.dit import DiT, DiTConfig, build_text_encoder
         from rgbd_world.dit.denoiser import RGBDDenoiser
-        from rgbd_world.tokenizer.checkpoint import load_rgb_tokenizer, load_tokenizer
+        from ..run_models import load_rgb_tokenizer, load_tokenizer
 
         m = self.cfg["model"]
         if not m["tokenizer"]:
@@ -60,7 +60,9 @@ class DiTStage(Stage):
         """``model.init``: a pretrained DiT (diffusers directory, Cosmos-Predict2 checkpoint or
         our DiT run / pipeline), inflated to this run's RGBD latent and RGB conditioning
         channels (its predictions of the channels it knows are unchanged at step 0)."""
-        from rgbd_world.dit.pretrained import inflate_dit_to_rgbd, load_pretrained_dit
+        from rgbd_world.dit.pretrained import inflate_dit_to_rgbd
+
+        from ..run_models import load_pretrained_dit
 
         dit = load_pretrained_dit(path)
         c = dit.config
@@ -80,13 +82,9 @@ class DiTStage(Stage):
         return inflate_dit_to_rgbd(dit, *want, fp8=bool(self.cfg["parallel"]["fp8"]))
 
     def model_config(self) -> dict[str, Any]:
-        import dataclasses
-
-        from rgbd_world.tokenizer.checkpoint import config_to_dict
-
-        return {"dit": dataclasses.asdict(self.dit_config),
+        return {"dit": self.dit_config.to_dict(),
                 "text_encoder": self.cfg["model"]["text_encoder"],
-                "tokenizer": config_to_dict(self.tokenizer.config),
+                "tokenizer": self.tokenizer.config.to_dict(),
                 "tokenizer_run": self.cfg["model"]["tokenizer"]}
 
     def build_dataset(self):

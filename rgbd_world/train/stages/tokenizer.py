@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from rgbd_world.tokenizer import VideoTokenizer, inflate_to_rgbd
-from rgbd_world.tokenizer.checkpoint import config_to_dict, load_any_tokenizer
 from rgbd_world.tokenizer.losses import LossWeights, TokenizerLoss
 
 from ..distributed import barrier
+from ..run_models import load_any_tokenizer
 from .base import Stage
 
 
@@ -65,7 +65,7 @@ class _TokenizerStageBase(Stage):
         self._flops_by_shape: dict[tuple[int, ...], int] = {}  # input shape -> training FLOPs
 
     def model_config(self) -> dict[str, Any]:
-        return {"tokenizer": config_to_dict(self.model.config)}
+        return {"tokenizer": self.model.config.to_dict()}
 
     def build_dataset(self):
         return build_rgbd_dataset(self.cfg, self.info, self.model.config.temporal_compression)

@@ -1,9 +1,15 @@
-"""``rgbd-world make-data``, ``cache-latents`` and ``pseudo-label`` (registered by rgbd_world.cli)."""
+"""``rgbd-world make-data``, ``cache-latents`` and ``pseudo-label`` (registered by rgbd_world.cli).
+
+The data commands sit beside the other commands, above every layer: ``cache-latents`` builds the
+tokenizers and the text encoder (from training runs, saved models or Cosmos files) and hands
+them to :func:`rgbd_world.data.latent_cache.encode_dataset`, which knows no model."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from pathlib import Path
+from typing import Callable
 
 
 def add_make_data_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,7 +34,7 @@ def add_make_data_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _make_data(args: argparse.Namespace) -> int:
-    from .shards import generate_dataset
+    from rgbd_world.data.shards import generate_dataset
 
     paths = generate_dataset(args.out, args.num_clips, args.frames, args.height, args.width,
                              args.seed, args.workers, clips_per_shard=args.clips_per_shard,
@@ -73,7 +79,7 @@ def add_pseudo_label_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _pseudo_label(args: argparse.Namespace) -> int:
-    from .pseudo_label import pseudo_label_videos
+    from rgbd_world.data.pseudo_label import pseudo_label_videos
 
     report = pseudo_label_videos(args.videos, args.out, depth_model=args.depth_model,
                                  captioner=args.captioner, captions=args.captions,
@@ -122,8 +128,8 @@ def _cache_latents(args: argparse.Namespace) -> int:
 
     from rgbd_world.validation import InvalidArgument, check_device, check_int, check_output_dir
 
-    from .dataset import RGBDVideoDataset
-    from .latent_cache import encode_dataset, load_encoder
+    from rgbd_world.data.dataset import RGBDVideoDataset
+    from rgbd_world.data.latent_cache import encode_dataset
 
     # everything is checked before anything is written under --out
     for name in ("frames", "height", "width", "batch_size", "samples_per_shard"):
@@ -197,13 +203,11 @@ def _check_channels(encoder, channels: int, name: str, value: str, allowed: str)
 
 def _rgb_encoder(args: argparse.Namespace):
     """(encoder, recorded name) of ``--rgb-tokenizer``, or (None, None)."""
-    from .latent_cache import load_encoder
-
     spec = args.rgb_tokenizer
     if spec == "none":
         return None, None
     if spec == "auto":
-        from rgbd_world.tokenizer.checkpoint import run_teacher
+        from rgbd_world.train.run_models import run_teacher
 
         spec = run_teacher(args.tokenizer)  # "" for a run without one, or not a run directory
         if not spec:
@@ -215,3 +219,23 @@ def _rgb_encoder(args: argparse.Namespace):
 
         raise InvalidArgument("rgb_tokenizer", spec, "a tokenizer checkpoint, 'auto' or 'none'",
                               str(err)) from None
+
+
+def load_encoder(spec: str, device: str = "cpu") -> Callable:
+    """An encoder from a CLI spec: ``package.module:callable`` or a tokenizer checkpoint path
+    (a training run directory, a saved tokenizer or a Cosmos checkpoint)."""
+    if ":" in spec and not os.path.exists(spec):
+        module, _, attr = spec.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot load encoder {spec!r}: {err}") from err
+        if not callable(obj):
+            raise ValueError(f"encoder {spec!r} is not callable")
+        return obj
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer checkpoint {path} does not exist")
+    from rgbd_world.train.run_models import load_encoder as load_tokenizer_encoder
+
+    return load_tokenizer_encoder(path, device=device)
