@@ -228,6 +228,8 @@ def _check(q, k, v, layout, causal, scale):
                              f"got {t.dtype} on {t.device}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'bshd' or 'bhsd', got {layout!r}")
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal must be a bool, got {causal!r}")
     hdim = 2 if layout == "bshd" else 1
     sdim = 1 if layout == "bshd" else 2
     if k.shape != v.shape:
@@ -283,6 +285,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str 
         (B, S_q, H, D) or (B, H, S_q, D), the input layout, in q's dtype.
     """
     _check(q, k, v, layout, causal, scale)
+    if not isinstance(fp8, bool):
+        raise ValueError(f"fp8 must be a bool, got {fp8!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if key_padding_mask is not None:
         s_kv = k.shape[1 if layout == "bshd" else 2]

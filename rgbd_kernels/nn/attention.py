@@ -35,8 +35,12 @@ class Attention(nn.Module):
                  causal: bool = False, backend: str = "auto", fp8: bool = False,
                  te_linear: bool = False):
         super().__init__()
-        if heads <= 0 or dim <= 0:
-            raise ValueError(f"dim and heads must be positive, got dim={dim}, heads={heads}")
+        for name, value in (("dim", dim), ("heads", heads), ("head_dim", head_dim),
+                            ("context_dim", context_dim)):
+            if value is None and name in ("head_dim", "context_dim"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if head_dim is None:
             if dim % heads:
                 raise ValueError(f"dim={dim} is not divisible by heads={heads}; pass head_dim")

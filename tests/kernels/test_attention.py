@@ -338,3 +338,23 @@ def test_module_under_autocast_accepts_mixed_dtypes():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(x)
     assert out.shape == (2, 5, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dim=True, heads=1), "dim must be a positive int, got True"),
+    (dict(dim=32, heads=2.0), "heads must be a positive int, got 2.0"),
+    (dict(dim=32, heads=0), "heads must be a positive int, got 0"),
+    (dict(dim=32, heads=2, head_dim=True), "head_dim must be a positive int, got True"),
+    (dict(dim=32, heads=2, context_dim="24"), "context_dim must be a positive int, got '24'"),
+])
+def test_module_constructor_names_bad_sizes(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Attention(**kwargs)
+
+
+def test_flags_must_be_bools():
+    q, k, v = (t.detach() for t in qkv(1, 4, 4, 2, 8, torch.float32))
+    with pytest.raises(ValueError, match="causal must be a bool, got 'yes'"):
+        attention(q, k, v, causal="yes")
+    with pytest.raises(ValueError, match="fp8 must be a bool, got 1"):
+        attention(q, k, v, fp8=1)
