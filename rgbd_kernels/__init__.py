@@ -16,6 +16,7 @@ from .backend import (BACKENDS, BackendUnavailableError, available_backends, get
                       use_backend)
 from .disparity import (abs_rel, align_scale_shift, delta1, denormalize_disparity,
                         depth_to_disparity, normalize_disparity)
+from ._nvtx import nvtx_range
 
 from ._lazy_dynamo import defer_dynamo_import as _defer_dynamo_import
 
@@ -30,5 +31,5 @@ __all__ = [
     "causal_conv3d_reference", "causal_time_pad", "causal_conv3d_output_frames", "CausalConv3d",
     "flow_interpolate", "flow_matching_loss", "flow_interpolate_reference",
     "flow_matching_loss_reference", "sample_timesteps", "sample_uniform", "sample_logit_normal",
-    "shift_timesteps", "unshift_timesteps", "shift_for_frames", "timestep_cdf",
+    "shift_timesteps", "unshift_timesteps", "shift_for_frames", "timestep_cdf", "nvtx_range",
 ]

@@ -24,27 +24,28 @@ Optional libraries are imported on first use only; asking for a missing one expl
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
 
 from ._nvtx import nvtx_range
+from .optional_backends import IMPORT_ERRORS as _IMPORT_ERRORS  # noqa: F401 - tests patch these
+from .optional_backends import INSTALL_HINTS as _INSTALL  # noqa: F401
+from .optional_backends import WARNED as _warned  # noqa: F401
+from .optional_backends import flash_attn as _flash
+from .optional_backends import missing_reason as _missing
+from .optional_backends import optional_module as _module  # noqa: F401
+from .optional_backends import te_autocast as _te_autocast
+from .optional_backends import te_fp8_recipe
+from .optional_backends import transformer_engine as _te
+from .optional_backends import warn_once as _warn_once
 from .backend import ENV_VAR, BackendUnavailableError, get_backend
 
 __all__ = ["attention", "attention_reference", "ATTENTION_BACKENDS", "te_fp8_recipe"]
 
 ATTENTION_BACKENDS = ("auto", "te", "sdpa", "flash", "reference")
 LAYOUTS = ("bshd", "bhsd")
-_INSTALL = {
-    "te": "transformer-engine is not installed: pip install 'rgbd-world[fp8]' "
-          "(transformer-engine[pytorch]; needs a CUDA build of torch)",
-    "flash": "flash-attn is not installed: pip install 'rgbd-world[flash]' --no-build-isolation "
-             "(flash-attn; needs a CUDA build of torch)",
-}
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -73,36 +74,7 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
 
 
 # ----------------------------------------------------------------------------- availability
-
-_IMPORT_ERRORS: dict[str, str] = {}
-
-
-@functools.lru_cache(maxsize=None)
-def _module(name: str):
-    if importlib.util.find_spec(name.split(".")[0]) is None:
-        return None
-    try:
-        return importlib.import_module(name)
-    except Exception as err:  # a broken install (e.g. CUDA mismatch): unusable, and say why
-        _IMPORT_ERRORS[name] = f"{type(err).__name__}: {err}"
-        return None
-
-
-def _missing(backend: str) -> str:
-    """Why ``backend`` ("te" / "flash") is unavailable: not installed, or its import error."""
-    name = {"te": "transformer_engine.pytorch", "flash": "flash_attn"}[backend]
-    if name in _IMPORT_ERRORS:
-        return f"{name} is installed but does not import ({_IMPORT_ERRORS[name]})"
-    return _INSTALL[backend]
-
-
-def _te():
-    return _module("transformer_engine.pytorch")
-
-
-def _flash():
-    return _module("flash_attn")
-
+# (the optional libraries themselves: rgbd_kernels.optional_backends)
 
 def _te_fp8_unsupported_reason(q: torch.Tensor, causal: bool) -> str | None:
     if _te() is None:
@@ -117,15 +89,6 @@ def _te_fp8_unsupported_reason(q: torch.Tensor, causal: bool) -> str | None:
     if q.shape[-1] not in (64, 128) or (q.requires_grad and q.shape[-1] != 128):
         return f"FP8 attention supports head dim 128 for training (64 or 128 forward), got {q.shape[-1]}"
     return None
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _global_choice() -> str:
@@ -177,23 +140,6 @@ def _resolve(backend: str, q: torch.Tensor, causal: bool, fp8: bool) -> str:
 
 
 # ----------------------------------------------------------------------------- TE path
-
-@functools.lru_cache(maxsize=1)
-def te_fp8_recipe():
-    """The DelayedScaling recipe used for FP8 attention (HYBRID format, fp8_dpa=True: FP8
-    inside the attention kernel, not only the linears). One object for the process."""
-    from transformer_engine.common import recipe
-
-    return recipe.DelayedScaling(fp8_format=recipe.Format.HYBRID, amax_history_len=16,
-                                 amax_compute_algo="max", fp8_dpa=True)
-
-
-def _te_autocast(fp8: bool):
-    te = _te()
-    if hasattr(te, "autocast"):  # TE >= 2.8
-        return te.autocast(enabled=fp8, recipe=te_fp8_recipe() if fp8 else None)
-    return te.fp8_autocast(enabled=fp8, fp8_recipe=te_fp8_recipe() if fp8 else None)
-
 
 @functools.lru_cache(maxsize=64)
 def _te_module(heads: int, head_dim: int, causal: bool, scale: float, device: torch.device):

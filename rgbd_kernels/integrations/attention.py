@@ -21,7 +21,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..dot_product_attention import ATTENTION_BACKENDS, _warn_once, attention
+from ..dot_product_attention import ATTENTION_BACKENDS, attention
+from ..optional_backends import warn_once as _warn_once
 
 __all__ = ["RgbdAttnProcessor", "install_attention_processors"]
 

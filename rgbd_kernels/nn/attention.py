@@ -7,8 +7,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..dot_product_attention import (ATTENTION_BACKENDS, _missing, _te, _te_autocast, _warn_once,
-                                     attention)
+from ..dot_product_attention import ATTENTION_BACKENDS, attention
+from ..optional_backends import missing_reason as _missing
+from ..optional_backends import te_autocast as _te_autocast
+from ..optional_backends import transformer_engine as _te
+from ..optional_backends import warn_once as _warn_once
 from ..backend import BackendUnavailableError
 
 Rope = Callable[[torch.Tensor], torch.Tensor]

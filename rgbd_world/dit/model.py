@@ -41,7 +41,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from rgbd_kernels._nvtx import nvtx_range
+from rgbd_kernels import nvtx_range
 from rgbd_kernels.nn import Attention
 
 from rgbd_world.saved_model import SavedModel

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rgbd_kernels._nvtx import nvtx_range
+from rgbd_kernels import nvtx_range
 
 from . import _faults
 from .checkpoint import checkpoint_step, complete_checkpoints, restore_rng, save_checkpoint
