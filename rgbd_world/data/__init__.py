@@ -18,7 +18,8 @@ from .mixing import WeightedMix, mixed_rgbd_dataset
 from .pseudo_label import pseudo_label_videos
 from .readers import FORMATS, RawClip, find_clips
 from .shards import generate_dataset
-from .synthetic import SyntheticClip, make_clip, render, sample_scene
+from .procedural import make_clip
+from .synthetic import SyntheticClip, render, sample_scene
 
 __all__ = ["sample_scene", "render", "make_clip", "SyntheticClip", "caption_scene",
            "caption_variants", "generate_dataset", "RGBDVideoDataset", "BadSampleWarning",

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 __all__ = ["SCENE_VERSION", "PALETTE", "SHAPES", "TEXTURES", "CAMERA_MOTIONS", "SyntheticClip", "sample_scene",
-           "scene_trajectories", "intrinsics", "render", "make_clip"]
+           "scene_trajectories", "intrinsics", "render"]
 
 PALETTE: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.12, 0.10), "green": (0.16, 0.62, 0.22), "blue": (0.13, 0.30, 0.85),
@@ -576,14 +576,3 @@ def render(scene: dict, frames: int, height: int, width: int, *,
                          depth=depth.view(frames, height, width).float(), K=K,
                          poses=poses.float(), scene=scene,
                          object_ids=ids.view(frames, height, width) if return_ids else None)
-
-
-def make_clip(seed: int, frames: int = 17, height: int = 256, width: int = 256, *,
-              num_objects: int | None = None, device: str | torch.device = "cpu") -> SyntheticClip:
-    """Sample a scene from ``seed``, render it and caption it."""
-    from .captions import caption_scene
-
-    scene = sample_scene(seed, frames, num_objects)
-    clip = render(scene, frames, height, width, device=device)
-    clip.caption = caption_scene(scene)
-    return clip

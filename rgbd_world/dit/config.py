@@ -46,6 +46,9 @@ from dataclasses import dataclass
 from rgbd_kernels.dot_product_attention import ATTENTION_BACKENDS as _BACKENDS
 
 
+PATCH = (1, 2, 2)   # (t, h, w) patch of the latent: 2x2 spatial, no temporal patching
+
+
 @dataclass(frozen=True)
 class DiTConfig:
     latent_channels: int = 16     # RGBD tokenizer latent channels (input noise / output velocity)

@@ -1,10 +1,12 @@
 """Exchanging weights with diffusers' ``CosmosTransformer3DModel`` (Cosmos-Predict2's DiT) and
 loading official Cosmos-Predict2 checkpoints.
 
-    dit = DiT.from_diffusers(transformer)          # or dit_from_diffusers(transformer)
+    dit = DiT.from_diffusers(transformer)          # rgbd_world.dit.model
     transformer = dit.to_diffusers()               # needs a Predict2-layout DiT (PREDICT2)
-    dit = load_diffusers_dit("path/to/transformer")   # a save_pretrained directory, no diffusers
+    dit = load_diffusers_dit("path/to/transformer")   # rgbd_world.dit.pretrained; no diffusers
     dit = load_predict2_checkpoint("model.pt")     # NVIDIA's Predict2 checkpoint (net.* keys)
+
+This module holds the mapping (configs, key names, state dicts) and knows no model class.
 
 Call mapping (equal outputs; diffusers -> ours):
 
@@ -40,22 +42,16 @@ diffusers keeps the source model's, and ``to_diffusers`` sets the new model's no
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from .config import PREDICT2, DiTConfig
-from .model import PATCH, DiT
+from .config import PATCH, PREDICT2, DiTConfig
 
 __all__ = ["DiTLoadError", "dit_config_from_diffusers", "diffusers_dit_config",
-           "dit_from_diffusers", "dit_to_diffusers", "dit_state_from_diffusers",
-           "dit_state_to_diffusers", "load_diffusers_dit", "predict2_to_diffusers_state",
-           "load_predict2_checkpoint", "padding_mask_to_latent", "DIFFUSERS_QK_EPS",
-           "PREDICT2_QK_EPS"]
+           "dit_state_from_diffusers", "dit_state_to_diffusers", "predict2_to_diffusers_state",
+           "padding_mask_to_latent", "DIFFUSERS_QK_EPS", "PREDICT2_QK_EPS"]
 
 DIFFUSERS_QK_EPS = 1e-5   # diffusers' Attention default (its Cosmos blocks do not set it)
 PREDICT2_QK_EPS = 1e-6    # the official Predict2 attention
@@ -184,10 +180,9 @@ def _problems(expected: dict[str, tuple], found: dict[str, torch.Tensor]) -> lis
     return rows
 
 
-def _expected_diffusers_shapes(cfg: DiTConfig, in_channels: int, concat_padding_mask: bool):
-    """diffusers key -> shape, for a model matching our config."""
-    model = DiT(dataclasses.replace(cfg, backend="reference", fp8=False))  # meta would do too
-    ours = {k: v.shape for k, v in model.state_dict().items()}
+def _expected_diffusers_shapes(cfg: DiTConfig, in_channels: int, concat_padding_mask: bool,
+                               ours: dict[str, tuple]):
+    """diffusers key -> shape, for a model matching our config (``ours``: our key -> shape)."""
     shapes = {}
     for key, sources in _names(cfg).items():
         rows = ours[key][0] // len(sources)
@@ -199,12 +194,13 @@ def _expected_diffusers_shapes(cfg: DiTConfig, in_channels: int, concat_padding_
 
 
 def dit_state_from_diffusers(state: dict[str, torch.Tensor], cfg: DiTConfig, in_channels: int,
-                             concat_padding_mask: bool = True) -> dict[str, torch.Tensor]:
+                             concat_padding_mask: bool = True, *,
+                             our_shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
     """Our state dict (config ``cfg``) from a diffusers ``CosmosTransformer3DModel`` state dict
-    with ``in_channels`` (its config's) and ``concat_padding_mask``. :class:`DiTLoadError` lists
-    missing, unexpected and wrongly shaped keys."""
-    with torch.device("meta"):
-        expected = _expected_diffusers_shapes(cfg, in_channels, concat_padding_mask)
+    with ``in_channels`` (its config's) and ``concat_padding_mask``. ``our_shapes``: key ->
+    shape of our model of ``cfg`` (``DiT.state_shapes(cfg)``; this module knows no model
+    class). :class:`DiTLoadError` lists missing, unexpected and wrongly shaped keys."""
+    expected = _expected_diffusers_shapes(cfg, in_channels, concat_padding_mask, our_shapes)
     rows = _problems(expected, state)
     if rows:
         raise DiTLoadError(f"the diffusers CosmosTransformer3DModel weights do not match the "
@@ -232,47 +228,6 @@ def dit_state_to_diffusers(state: dict[str, torch.Tensor], cfg: DiTConfig) -> di
 
 # ----------------------------------------------------------------------------- models
 
-def dit_from_diffusers(transformer, **overrides) -> DiT:
-    """Our :class:`DiT` with the weights of a diffusers ``CosmosTransformer3DModel`` (same
-    device and dtype, eval mode). ``overrides``: run-time fields (backend, fp8)."""
-    from diffusers import CosmosTransformer3DModel  # optional dependency: only needed here
-    if not isinstance(transformer, CosmosTransformer3DModel):
-        raise DiTLoadError(f"expected a diffusers CosmosTransformer3DModel, found "
-                           f"{type(transformer).__name__}")
-    eps = transformer.transformer_blocks[0].attn1.norm_q.eps if len(
-        transformer.transformer_blocks) else DIFFUSERS_QK_EPS
-    cfg = dit_config_from_diffusers(transformer.config, qk_norm_eps=eps, **overrides)
-    param = next(transformer.parameters())
-    state = dit_state_from_diffusers(transformer.state_dict(), cfg,
-                                     int(transformer.config.in_channels),
-                                     bool(transformer.config.concat_padding_mask))
-    return _build(cfg, state, param.device, param.dtype)
-
-
-def _build(cfg: DiTConfig, state, device="cpu", dtype=None) -> DiT:
-    model = DiT(cfg)
-    model.load_state_dict(state, strict=True)
-    model = model.to(device)
-    return (model.to(dtype) if dtype is not None else model).eval()
-
-
-def dit_to_diffusers(dit: DiT):
-    """A diffusers ``CosmosTransformer3DModel`` with our (Predict2-layout) DiT's weights (same
-    device and dtype, eval mode); its QK norms use our ``qk_norm_eps``."""
-    from diffusers import CosmosTransformer3DModel
-    if not isinstance(dit, DiT):
-        raise TypeError(f"expected a DiT, found {type(dit).__name__}")
-    cfg = dit.config
-    model = CosmosTransformer3DModel(**diffusers_dit_config(cfg))
-    model.load_state_dict(dit_state_to_diffusers(dit.state_dict(), cfg), strict=True)
-    for block in model.transformer_blocks:
-        for attn in (block.attn1, block.attn2):
-            attn.norm_q.eps = attn.norm_k.eps = cfg.qk_norm_eps
-    param = next(dit.parameters())
-    model = model.to(param.device)
-    return (model.to(param.dtype) if param.dtype != torch.float32 else model).eval()
-
-
 def padding_mask_to_latent(padding_mask: torch.Tensor, batch: int, frames: int, height: int,
                            width: int) -> torch.Tensor:
     """diffusers' padding mask (1 or B, 1, H', W') -> ours (B, 1, T, H, W): nearest-neighbour
@@ -284,50 +239,6 @@ def padding_mask_to_latent(padding_mask: torch.Tensor, batch: int, frames: int, 
 
 
 # ----------------------------------------------------------------------------- files
-
-def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-    state = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            state.update(load_file(str(f)))
-        else:
-            state.update(torch.load(str(f), map_location="cpu", weights_only=True))
-    return state
-
-
-def load_diffusers_dit(path: str | Path, **overrides) -> DiT:
-    """Our DiT from a diffusers ``save_pretrained`` directory of a ``CosmosTransformer3DModel``
-    (``config.json`` + ``diffusion_pytorch_model*.safetensors``, sharded or not; or a pipeline
-    directory with a ``transformer/`` folder). Reads the files directly: diffusers need not be
-    installed. QK norm eps: diffusers' (1e-5), so the outputs equal the diffusers model's."""
-    root = Path(path)
-    if (root / "transformer" / "config.json").is_file():
-        root = root / "transformer"
-    config_file = root / "config.json"
-    if not config_file.is_file():
-        raise DiTLoadError(f"{path}: expected a diffusers model directory (config.json), found "
-                           "no config.json")
-    config = json.loads(config_file.read_text())
-    kind = config.get("_class_name")
-    if kind != "CosmosTransformer3DModel":
-        raise DiTLoadError(f"{config_file}: expected a CosmosTransformer3DModel, found "
-                           f"_class_name {kind!r}")
-    index = sorted(root.glob("diffusion_pytorch_model*.safetensors.index.json"))
-    if index:
-        names = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
-        files = [root / n for n in names]
-    else:
-        files = sorted(root.glob("diffusion_pytorch_model*.safetensors")) or \
-            sorted(root.glob("diffusion_pytorch_model*.bin"))
-    if not files:
-        raise DiTLoadError(f"{root}: expected diffusion_pytorch_model*.safetensors weights, "
-                           "found none")
-    cfg = dit_config_from_diffusers(config, name=f"diffusers:{root.name}", **overrides)
-    state = dit_state_from_diffusers(_read_weights(files), cfg, int(config["in_channels"]),
-                                     bool(config.get("concat_padding_mask", True)))
-    return _build(cfg, state)
-
 
 _PREDICT2_BLOCK = [
     (r"adaln_modulation_self_attn\.([12])\.", lambda m: f"norm1.linear_{m[1]}."),
@@ -379,43 +290,3 @@ def predict2_to_diffusers_state(state: dict[str, torch.Tensor]) -> dict[str, tor
         raise DiTLoadError("expected a Cosmos-Predict2 DiT checkpoint (net.x_embedder.proj.1."
                            f"weight ...), found keys such as {sorted(state)[:5]}")
     return out
-
-
-def _predict2_config(state: dict[str, torch.Tensor], rope_scale) -> dict:
-    """A diffusers-style config read off the shapes of a Predict2 state dict (diffusers names)."""
-    hidden, n_in = state["patch_embed.proj.weight"].shape
-    blocks = {int(m[1]) for k in state if (m := re.match(r"transformer_blocks\.(\d+)\.", k))}
-    head_dim = state["transformer_blocks.0.attn1.norm_q.weight"].shape[0]
-    return dict(in_channels=n_in // 4 - 1, out_channels=state["proj_out.weight"].shape[0] // 4,
-                num_attention_heads=hidden // head_dim, attention_head_dim=head_dim,
-                num_layers=len(blocks),
-                mlp_ratio=state["transformer_blocks.0.ff.net.0.proj.weight"].shape[0] / hidden,
-                text_embed_dim=state["transformer_blocks.0.attn2.to_k.weight"].shape[1],
-                adaln_lora_dim=state["transformer_blocks.0.norm1.linear_1.weight"].shape[0],
-                rope_scale=tuple(rope_scale), concat_padding_mask=True,
-                extra_pos_embed_type=None)
-
-
-def load_predict2_checkpoint(path: str | Path, rope_scale=PREDICT2["rope_scale"],
-                             **overrides) -> DiT:
-    """Our DiT from NVIDIA's Cosmos-Predict2 DiT checkpoint (``.pt`` / ``.safetensors`` with
-    ``net.*`` keys, or a dict holding it under "model" / "state_dict"). The sizes are read off
-    the weights; ``rope_scale`` (t, h, w) is not stored in the file: (1, 3, 3) is the 2B
-    Video2World's, pass another for other models. QK norm eps 1e-6 (Predict2's)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DiTLoadError(f"{p}: expected a Cosmos-Predict2 checkpoint file, found no file")
-    state = _read_weights([p])
-    for wrapper in ("model", "state_dict", "ema"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    theirs = predict2_to_diffusers_state(state)
-    try:
-        config = _predict2_config(theirs, rope_scale)
-    except KeyError as e:
-        raise DiTLoadError(f"{p}: not a complete Cosmos-Predict2 DiT checkpoint (no {e})") from None
-    cfg = dit_config_from_diffusers(config, qk_norm_eps=PREDICT2_QK_EPS,
-                                    name=f"predict2:{p.name}", **overrides)
-    return _build(cfg, dit_state_from_diffusers(theirs, cfg, config["in_channels"], True))

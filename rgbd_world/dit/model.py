@@ -46,11 +46,13 @@ from rgbd_kernels.nn import Attention
 
 from rgbd_world.saved_model import SavedModel
 
-from .config import DiTConfig
+from .config import PATCH, DiTConfig
+from .diffusers_compat import (DIFFUSERS_QK_EPS, DiTLoadError, diffusers_dit_config,
+                               dit_config_from_diffusers, dit_state_from_diffusers,
+                               dit_state_to_diffusers)
 from .modulation import AdaLNLoRA, Predict2TimestepEmbedding, TimestepEmbedding, modulate
 from .rope import Rope3D
 
-PATCH = (1, 2, 2)
 
 
 class DiTBlock(nn.Module):
@@ -144,17 +146,47 @@ class DiT(SavedModel, nn.Module):
         self._rope_cache: dict = {}
 
     # ------------------------------------------------------------------ diffusers interop
+    @staticmethod
+    def state_shapes(config: DiTConfig) -> dict[str, tuple]:
+        """State-dict key -> shape of a DiT of ``config`` (built on the meta device)."""
+        with torch.device("meta"):
+            model = DiT(dataclasses.replace(config, backend="reference", fp8=False))
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
     @classmethod
     def from_diffusers(cls, transformer, **overrides) -> "DiT":
-        """The DiT of a diffusers ``CosmosTransformer3DModel`` (same weights and outputs; the
-        call and timestep mapping are in :mod:`rgbd_world.dit.diffusers_compat`)."""
-        from .diffusers_compat import dit_from_diffusers
-        return dit_from_diffusers(transformer, **overrides)
+        """The DiT of a diffusers ``CosmosTransformer3DModel`` (same weights and outputs; same
+        device and dtype, eval mode; the call and timestep mapping are in
+        :mod:`rgbd_world.dit.diffusers_compat`). ``overrides``: run-time fields (backend, fp8)."""
+        from diffusers import CosmosTransformer3DModel  # optional dependency: only needed here
+        if not isinstance(transformer, CosmosTransformer3DModel):
+            raise DiTLoadError(f"expected a diffusers CosmosTransformer3DModel, found "
+                               f"{type(transformer).__name__}")
+        eps = transformer.transformer_blocks[0].attn1.norm_q.eps if len(
+            transformer.transformer_blocks) else DIFFUSERS_QK_EPS
+        cfg = dit_config_from_diffusers(transformer.config, qk_norm_eps=eps, **overrides)
+        param = next(transformer.parameters())
+        state = dit_state_from_diffusers(transformer.state_dict(), cfg,
+                                         int(transformer.config.in_channels),
+                                         bool(transformer.config.concat_padding_mask),
+                                         our_shapes=cls.state_shapes(cfg))
+        model = cls(cfg)
+        model.load_state_dict(state, strict=True)
+        return model.to(param.device).to(param.dtype).eval()
 
     def to_diffusers(self):
-        """This (Predict2-layout) DiT as a diffusers ``CosmosTransformer3DModel``."""
-        from .diffusers_compat import dit_to_diffusers
-        return dit_to_diffusers(self)
+        """This (Predict2-layout) DiT as a diffusers ``CosmosTransformer3DModel`` (same
+        device and dtype, eval mode); its QK norms use our ``qk_norm_eps``."""
+        from diffusers import CosmosTransformer3DModel
+        cfg = self.config
+        model = CosmosTransformer3DModel(**diffusers_dit_config(cfg))
+        model.load_state_dict(dit_state_to_diffusers(self.state_dict(), cfg), strict=True)
+        for block in model.transformer_blocks:
+            for attn in (block.attn1, block.attn2):
+                attn.norm_q.eps = attn.norm_k.eps = cfg.qk_norm_eps
+        param = next(self.parameters())
+        model = model.to(param.device)
+        return (model.to(param.dtype) if param.dtype != torch.float32 else model).eval()
 
     # ------------------------------------------------------------------ helpers
     def rope(self, frames: int, height: int, width: int, device) -> Rope3D:

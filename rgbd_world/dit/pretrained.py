@@ -6,9 +6,9 @@
 :func:`load_pretrained_dit` recognises
 
 * a diffusers ``CosmosTransformer3DModel`` directory (``config.json`` with that ``_class_name``,
-  or a pipeline directory with ``transformer/``): :func:`~.diffusers_compat.load_diffusers_dit`;
+  or a pipeline directory with ``transformer/``): :func:`load_diffusers_dit`;
 * a file: NVIDIA's Cosmos-Predict2 DiT checkpoint (``net.*`` keys):
-  :func:`~.diffusers_compat.load_predict2_checkpoint`;
+  :func:`load_predict2_checkpoint`;
 * our DiT: a saved ``DiT`` / ``RGBDDenoiser`` directory (``save_pretrained``) or a saved
   ``RGBDPipeline`` directory (``pipeline.json`` + ``dit/``). (A ``train.py --stage dit`` run
   directory is read by ``rgbd_world.train.run_models.load_pretrained_dit``, which knows
@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import torch
 
-from .config import DiTConfig
-from .diffusers_compat import DiTLoadError, load_diffusers_dit, load_predict2_checkpoint
+from .config import PREDICT2, DiTConfig
+from .diffusers_compat import (PREDICT2_QK_EPS, DiTLoadError, dit_config_from_diffusers,
+                               dit_state_from_diffusers, predict2_to_diffusers_state)
 from .model import DiT
 
-__all__ = ["load_pretrained_dit", "inflate_dit_to_rgbd", "load_dit_from_files"]
+__all__ = ["load_pretrained_dit", "inflate_dit_to_rgbd", "load_dit_from_files",
+           "load_diffusers_dit", "load_predict2_checkpoint", "build_dit"]
 
 
 def _config_from_dict(data: dict) -> DiTConfig:
@@ -58,6 +61,104 @@ def load_dit_from_files(config: dict, files: list[Path], where: Path) -> DiT:
                            f"unexpected {unexpected[:8]}")
     return model.eval()
 
+
+# ----------------------------------------------------------------------------- diffusers / Predict2 files
+
+def build_dit(cfg: DiTConfig, state, device="cpu", dtype=None) -> DiT:
+    """A DiT of ``cfg`` holding ``state`` (strict), on ``device`` / ``dtype``, eval mode."""
+    model = DiT(cfg)
+    model.load_state_dict(state, strict=True)
+    model = model.to(device)
+    return (model.to(dtype) if dtype is not None else model).eval()
+
+
+def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    state = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            state.update(load_file(str(f)))
+        else:
+            state.update(torch.load(str(f), map_location="cpu", weights_only=True))
+    return state
+
+
+def load_diffusers_dit(path: str | Path, **overrides) -> DiT:
+    """Our DiT from a diffusers ``save_pretrained`` directory of a ``CosmosTransformer3DModel``
+    (``config.json`` + ``diffusion_pytorch_model*.safetensors``, sharded or not; or a pipeline
+    directory with a ``transformer/`` folder). Reads the files directly: diffusers need not be
+    installed. QK norm eps: diffusers' (1e-5), so the outputs equal the diffusers model's."""
+    root = Path(path)
+    if (root / "transformer" / "config.json").is_file():
+        root = root / "transformer"
+    config_file = root / "config.json"
+    if not config_file.is_file():
+        raise DiTLoadError(f"{path}: expected a diffusers model directory (config.json), found "
+                           "no config.json")
+    config = json.loads(config_file.read_text())
+    kind = config.get("_class_name")
+    if kind != "CosmosTransformer3DModel":
+        raise DiTLoadError(f"{config_file}: expected a CosmosTransformer3DModel, found "
+                           f"_class_name {kind!r}")
+    index = sorted(root.glob("diffusion_pytorch_model*.safetensors.index.json"))
+    if index:
+        names = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+        files = [root / n for n in names]
+    else:
+        files = sorted(root.glob("diffusion_pytorch_model*.safetensors")) or \
+            sorted(root.glob("diffusion_pytorch_model*.bin"))
+    if not files:
+        raise DiTLoadError(f"{root}: expected diffusion_pytorch_model*.safetensors weights, "
+                           "found none")
+    cfg = dit_config_from_diffusers(config, name=f"diffusers:{root.name}", **overrides)
+    state = dit_state_from_diffusers(_read_weights(files), cfg, int(config["in_channels"]),
+                                     bool(config.get("concat_padding_mask", True)),
+                                     our_shapes=DiT.state_shapes(cfg))
+    return build_dit(cfg, state)
+
+
+def _predict2_config(state: dict[str, torch.Tensor], rope_scale) -> dict:
+    """A diffusers-style config read off the shapes of a Predict2 state dict (diffusers names)."""
+    hidden, n_in = state["patch_embed.proj.weight"].shape
+    blocks = {int(m[1]) for k in state if (m := re.match(r"transformer_blocks\.(\d+)\.", k))}
+    head_dim = state["transformer_blocks.0.attn1.norm_q.weight"].shape[0]
+    return dict(in_channels=n_in // 4 - 1, out_channels=state["proj_out.weight"].shape[0] // 4,
+                num_attention_heads=hidden // head_dim, attention_head_dim=head_dim,
+                num_layers=len(blocks),
+                mlp_ratio=state["transformer_blocks.0.ff.net.0.proj.weight"].shape[0] / hidden,
+                text_embed_dim=state["transformer_blocks.0.attn2.to_k.weight"].shape[1],
+                adaln_lora_dim=state["transformer_blocks.0.norm1.linear_1.weight"].shape[0],
+                rope_scale=tuple(rope_scale), concat_padding_mask=True,
+                extra_pos_embed_type=None)
+
+
+def load_predict2_checkpoint(path: str | Path, rope_scale=PREDICT2["rope_scale"],
+                             **overrides) -> DiT:
+    """Our DiT from NVIDIA's Cosmos-Predict2 DiT checkpoint (``.pt`` / ``.safetensors`` with
+    ``net.*`` keys, or a dict holding it under "model" / "state_dict"). The sizes are read off
+    the weights; ``rope_scale`` (t, h, w) is not stored in the file: (1, 3, 3) is the 2B
+    Video2World's, pass another for other models. QK norm eps 1e-6 (Predict2's)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DiTLoadError(f"{p}: expected a Cosmos-Predict2 checkpoint file, found no file")
+    state = _read_weights([p])
+    for wrapper in ("model", "state_dict", "ema"):
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    theirs = predict2_to_diffusers_state(state)
+    try:
+        config = _predict2_config(theirs, rope_scale)
+    except KeyError as e:
+        raise DiTLoadError(f"{p}: not a complete Cosmos-Predict2 DiT checkpoint (no {e})") from None
+    cfg = dit_config_from_diffusers(config, qk_norm_eps=PREDICT2_QK_EPS,
+                                    name=f"predict2:{p.name}", **overrides)
+    return build_dit(cfg, dit_state_from_diffusers(theirs, cfg, config["in_channels"], True,
+                                                   our_shapes=DiT.state_shapes(cfg)))
+
+
+# ----------------------------------------------------------------------------- any kind
 
 def load_pretrained_dit(path: str | Path, **overrides) -> DiT:
     """A pretrained DiT of any supported kind (module docstring), on the CPU, eval mode.

@@ -21,10 +21,12 @@ from rgbd_world.saved_model import check_state_dict
 
 from .config import TokenizerConfig
 from .cosmos_compat import load_cosmos_state_dict
+from .diffusers_compat import (DiffusersLayoutError, copy_checked, diffusers_key_map,
+                               is_diffusers_tokenizer_dir, tokenizer_config_from_diffusers)
 from .model import VideoTokenizer
 
 __all__ = ["config_to_dict", "config_from_dict", "check_state_dict", "load_cosmos_tokenizer",
-           "load_any_tokenizer", "load_encoder", "encoder_of"]
+           "load_any_tokenizer", "load_encoder", "encoder_of", "load_diffusers_tokenizer"]
 
 
 def config_to_dict(config: TokenizerConfig) -> dict:
@@ -35,6 +37,32 @@ def config_to_dict(config: TokenizerConfig) -> dict:
 def config_from_dict(data: dict) -> TokenizerConfig:
     """``TokenizerConfig.from_dict(data)`` (kept for older callers)."""
     return TokenizerConfig.from_dict(data)
+
+
+def load_diffusers_tokenizer(path) -> VideoTokenizer:
+    """Our tokenizer from a diffusers ``AutoencoderKLCosmos`` ``save_pretrained`` directory
+    (``config.json`` + ``diffusion_pytorch_model.safetensors``; or a pipeline directory with
+    ``vae/``), read directly: diffusers need not be installed. Eval mode, CPU."""
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    if (root / "vae" / "config.json").is_file():
+        root = root / "vae"
+    config = json.loads((root / "config.json").read_text())
+    if config.get("_class_name") != "AutoencoderKLCosmos":
+        raise DiffusersLayoutError(f"{root / 'config.json'}: expected an AutoencoderKLCosmos, "
+                                   f"found _class_name {config.get('_class_name')!r}")
+    files = sorted(root.glob("diffusion_pytorch_model*.safetensors"))
+    if not files:
+        raise DiffusersLayoutError(f"{root}: expected diffusion_pytorch_model*.safetensors "
+                                   "weights, found none")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    model = VideoTokenizer(tokenizer_config_from_diffusers(config, name=f"diffusers:{root.name}"))
+    names = {k: v for k, v in diffusers_key_map(model).items() if v is not None}
+    copy_checked(model, state, names, f"{root} -> VideoTokenizer")
+    return model.eval()
 
 
 def load_cosmos_tokenizer(path: str | os.PathLike, preset: str = "cosmos-cv8x8x8",
@@ -70,8 +98,6 @@ def load_any_tokenizer(path: str | os.PathLike, device: str | torch.device = "cp
     ``AutoencoderKLCosmos`` directory (its own config; ``preset`` unused), else a Cosmos
     TorchScript checkpoint (loaded into ``preset``). A training run directory is refused with a
     pointer to :func:`rgbd_world.train.run_models.load_any_tokenizer`."""
-    from .diffusers_compat import is_diffusers_tokenizer_dir, load_diffusers_tokenizer
-
     p = Path(path)
     if (p / "model_config.json").exists():
         raise ValueError(f"{p}: expected a saved tokenizer, found a training run directory; read "

@@ -1,7 +1,11 @@
 """Exchanging weights with diffusers' ``AutoencoderKLCosmos`` (the Cosmos CV tokenizer).
 
-    tok = VideoTokenizer.from_diffusers(vae)      # or tokenizer_from_diffusers(vae)
-    vae = tok.to_diffusers()                      # or tokenizer_to_diffusers(tok)
+    tok = VideoTokenizer.from_diffusers(vae)      # rgbd_world.tokenizer.model
+    vae = tok.to_diffusers()
+    tok = load_any_tokenizer(directory)           # a save_pretrained directory (tokenizer.checkpoint)
+
+This module holds the mapping (configs, key names, checked copies) and knows no model class: the
+model's methods and the loader use it.
 
 Both directions give the same latents (``vae.encode(x).latent_dist.mode()`` = ``tok.encode(x)``)
 and reconstructions (``vae.decode(z).sample`` = ``tok.decode(z)``) for pixels in [-1, 1]. The
@@ -35,11 +39,9 @@ import torch
 from torch import nn
 
 from .config import TokenizerConfig
-from .model import VideoTokenizer
 
 __all__ = ["diffusers_tokenizer_config", "tokenizer_config_from_diffusers", "diffusers_key_map",
-           "tokenizer_from_diffusers", "tokenizer_to_diffusers", "DiffusersLayoutError",
-           "load_diffusers_tokenizer", "is_diffusers_tokenizer_dir"]
+           "DiffusersLayoutError", "is_diffusers_tokenizer_dir", "check_vae", "copy_checked"]
 
 
 class DiffusersLayoutError(ValueError):
@@ -85,7 +87,7 @@ def _level_key(part: str, level: int, rest: str, cfg: TokenizerConfig) -> str | 
     raise KeyError(rest)
 
 
-def diffusers_key_map(model: VideoTokenizer) -> dict[str, str | None]:
+def diffusers_key_map(model: nn.Module) -> dict[str, str | None]:
     """Our state-dict key -> diffusers' key (None: a parameter diffusers does not have, unused
     by our model as well)."""
     cfg = model.config
@@ -178,7 +180,7 @@ def tokenizer_config_from_diffusers(config, name: str = "diffusers") -> Tokenize
 
 # ----------------------------------------------------------------------------- weights
 
-def _check_vae(vae):
+def check_vae(vae):
     from diffusers import AutoencoderKLCosmos  # optional dependency: only needed here
     if not isinstance(vae, AutoencoderKLCosmos):
         raise DiffusersLayoutError(f"expected a diffusers AutoencoderKLCosmos, found "
@@ -186,7 +188,7 @@ def _check_vae(vae):
     return AutoencoderKLCosmos
 
 
-def _copy_checked(target: nn.Module, source: dict[str, torch.Tensor], names: dict[str, str],
+def copy_checked(target: nn.Module, source: dict[str, torch.Tensor], names: dict[str, str],
                   what: str) -> None:
     """Copy ``source[names[k]]`` into ``target``'s tensor ``k`` for every k of ``names``, after
     checking that exactly the named source keys exist with the target's shapes."""
@@ -208,38 +210,6 @@ def _copy_checked(target: nn.Module, source: dict[str, torch.Tensor], names: dic
             tsd[k].copy_(source[src])
 
 
-def tokenizer_from_diffusers(vae) -> VideoTokenizer:
-    """Our :class:`VideoTokenizer` with the weights of a diffusers ``AutoencoderKLCosmos``
-    (same device and dtype, eval mode)."""
-    _check_vae(vae)
-    cfg = tokenizer_config_from_diffusers(vae.config)
-    param = next(vae.parameters())
-    model = VideoTokenizer(cfg).to(device=param.device, dtype=param.dtype)
-    names = {k: v for k, v in diffusers_key_map(model).items() if v is not None}
-    _copy_checked(model, vae.state_dict(), names, "AutoencoderKLCosmos -> VideoTokenizer")
-    return model.eval()
-
-
-def tokenizer_to_diffusers(model: VideoTokenizer, **config_overrides):
-    """A diffusers ``AutoencoderKLCosmos`` with our tokenizer's weights (same device and dtype,
-    eval mode). ``config_overrides`` go to its config (e.g. ``latents_mean`` / ``latents_std``,
-    the latent statistics diffusers' pipelines normalise with)."""
-    from diffusers import AutoencoderKLCosmos
-    if not isinstance(model, VideoTokenizer):
-        raise TypeError(f"expected a VideoTokenizer, found {type(model).__name__}")
-    config = diffusers_tokenizer_config(model.config)
-    config.update(config_overrides)
-    param = next(model.parameters())
-    vae = AutoencoderKLCosmos(**config).to(param.device)
-    if param.dtype != torch.float32:
-        vae = vae.to(dtype=param.dtype)
-    ours = model.state_dict()
-    source = {theirs: ours[k] for k, theirs in diffusers_key_map(model).items() if theirs}
-    _copy_checked(vae, source, {k: k for k in vae.state_dict()},
-                  "VideoTokenizer -> AutoencoderKLCosmos")
-    return vae.eval()
-
-
 def is_diffusers_tokenizer_dir(path) -> bool:
     """True for a diffusers ``AutoencoderKLCosmos`` directory (or a pipeline's ``vae/``)."""
     import json
@@ -254,32 +224,3 @@ def is_diffusers_tokenizer_dir(path) -> bool:
             except ValueError:
                 return False
     return False
-
-
-def load_diffusers_tokenizer(path) -> VideoTokenizer:
-    """Our tokenizer from a diffusers ``AutoencoderKLCosmos`` ``save_pretrained`` directory
-    (``config.json`` + ``diffusion_pytorch_model.safetensors``; or a pipeline directory with
-    ``vae/``), read directly: diffusers need not be installed. Eval mode, CPU."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    root = Path(path)
-    if (root / "vae" / "config.json").is_file():
-        root = root / "vae"
-    config = json.loads((root / "config.json").read_text())
-    if config.get("_class_name") != "AutoencoderKLCosmos":
-        raise DiffusersLayoutError(f"{root / 'config.json'}: expected an AutoencoderKLCosmos, "
-                                   f"found _class_name {config.get('_class_name')!r}")
-    files = sorted(root.glob("diffusion_pytorch_model*.safetensors"))
-    if not files:
-        raise DiffusersLayoutError(f"{root}: expected diffusion_pytorch_model*.safetensors "
-                                   "weights, found none")
-    state = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    model = VideoTokenizer(tokenizer_config_from_diffusers(config, name=f"diffusers:{root.name}"))
-    names = {k: v for k, v in diffusers_key_map(model).items() if v is not None}
-    _copy_checked(model, state, names, f"{root} -> VideoTokenizer")
-    return model.eval()

@@ -32,6 +32,8 @@ from .blocks import (CausalGroupNorm, CausalSequential, HybridDownsample, Hybrid
                      run_conv)
 from .config import TokenizerConfig
 from .conv import CausalConv3d
+from .diffusers_compat import (check_vae, copy_checked, diffusers_key_map,
+                               diffusers_tokenizer_config, tokenizer_config_from_diffusers)
 from .patcher import HaarPatcher3D, HaarUnpatcher3D
 
 __all__ = ["VideoTokenizer", "Encoder", "Decoder", "TokenizerOutput", "check_frames",
@@ -255,14 +257,33 @@ class VideoTokenizer(SavedModel, nn.Module):
     # -- diffusers interop (rgbd_world.tokenizer.diffusers_compat)
     @classmethod
     def from_diffusers(cls, vae) -> "VideoTokenizer":
-        """The tokenizer of a diffusers ``AutoencoderKLCosmos`` (same weights and outputs)."""
-        from .diffusers_compat import tokenizer_from_diffusers
-        return tokenizer_from_diffusers(vae)
+        """The tokenizer of a diffusers ``AutoencoderKLCosmos`` (same weights and outputs; same
+        device and dtype, eval mode)."""
+        check_vae(vae)
+        cfg = tokenizer_config_from_diffusers(vae.config)
+        param = next(vae.parameters())
+        model = cls(cfg).to(device=param.device, dtype=param.dtype)
+        names = {k: v for k, v in diffusers_key_map(model).items() if v is not None}
+        copy_checked(model, vae.state_dict(), names, "AutoencoderKLCosmos -> VideoTokenizer")
+        return model.eval()
 
     def to_diffusers(self, **config_overrides):
-        """This tokenizer as a diffusers ``AutoencoderKLCosmos`` (same weights and outputs)."""
-        from .diffusers_compat import tokenizer_to_diffusers
-        return tokenizer_to_diffusers(self, **config_overrides)
+        """This tokenizer as a diffusers ``AutoencoderKLCosmos`` (same weights and outputs; same
+        device and dtype, eval mode). ``config_overrides`` go to its config (e.g.
+        ``latents_mean`` / ``latents_std``, the latent statistics diffusers' pipelines
+        normalise with)."""
+        from diffusers import AutoencoderKLCosmos
+        config = diffusers_tokenizer_config(self.config)
+        config.update(config_overrides)
+        param = next(self.parameters())
+        vae = AutoencoderKLCosmos(**config).to(param.device)
+        if param.dtype != torch.float32:
+            vae = vae.to(dtype=param.dtype)
+        ours = self.state_dict()
+        source = {theirs: ours[k] for k, theirs in diffusers_key_map(self).items() if theirs}
+        copy_checked(vae, source, {k: k for k in vae.state_dict()},
+                     "VideoTokenizer -> AutoencoderKLCosmos")
+        return vae.eval()
 
     # -- checks
     def _check_video(self, x: torch.Tensor, what: str = "x") -> None:

@@ -14,7 +14,8 @@ from diffusers import CosmosTransformer3DModel
 from safetensors.torch import save_file
 
 from rgbd_world.dit import DiT
-from rgbd_world.dit.diffusers_compat import DiTLoadError, load_predict2_checkpoint
+from rgbd_world.dit.diffusers_compat import DiTLoadError
+from rgbd_world.dit.pretrained import load_predict2_checkpoint
 from rgbd_world.train.run_models import load_pretrained_dit  # runs too; the rest: rgbd_world.dit
 from rgbd_world.tokenizer import VideoTokenizer
 from rgbd_world.tokenizer.checkpoint import config_to_dict

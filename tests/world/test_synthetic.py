@@ -9,7 +9,8 @@ import torch
 
 from rgbd_world.data.captions import SHAPE_NOUNS, caption_scene, caption_variants
 from rgbd_world.data.dataset import reprojection_errors
-from rgbd_world.data.synthetic import PALETTE, make_clip, render, sample_scene
+from rgbd_world.data.procedural import make_clip
+from rgbd_world.data.synthetic import PALETTE, render, sample_scene
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
