@@ -17,7 +17,8 @@ Backends:
   something else (an explicit ``backend=`` argument is not affected by ``use_backend``).
 
 Non-finite values propagate as in the reference: a query row holding NaN gives a NaN output
-row on every backend (torch's CPU SDPA alone would give zeros; the SDPA path restores the NaN).
+row (torch's CPU SDPA kernel alone gives zeros, so the SDPA path restores the NaN on CPU; a GPU
+test checks that the CUDA SDPA kernels propagate it themselves).
 Optional libraries are imported on first use only; asking for a missing one explicitly raises
 :class:`~rgbd_kernels.backend.BackendUnavailableError` naming the package to install.
 """

@@ -358,3 +358,14 @@ def test_flags_must_be_bools():
         attention(q, k, v, causal="yes")
     with pytest.raises(ValueError, match="fp8 must be a bool, got 1"):
         attention(q, k, v, fp8=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DT_ID.get)
+def test_nan_query_row_gives_nan_row_on_gpu(dtype):
+    """The NaN restore runs on CPU only: the CUDA SDPA kernels must propagate NaN themselves."""
+    q, k, v = (t.detach() for t in qkv(2, 64, 64, 2, 64, dtype, device="cuda"))
+    q[1, 3, 1, 5] = float("nan")
+    for causal in (False, True):
+        out = attention(q, k, v, causal=causal)
+        assert_parity(out, attention(q, k, v, causal=causal, backend="reference"), dtype=dtype)
