@@ -47,7 +47,8 @@ print(json.dumps({"added_mib": rss_mib() - base, "heavy": heavy}))
 
 
 def _run(code: str, extra: str = "") -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRITON_INTERPRET", "RGBD_KERNELS_BACKEND")}  # the default CPU paths
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-c", _MEASURE + extra, code], capture_output=True,
                           text=True, env=env, timeout=300)
