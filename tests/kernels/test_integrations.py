@@ -88,15 +88,16 @@ def cosmos_vae():
 
 # family -> (builder, input (B, C, T, H, W), diffusers conv class). The frame counts make the
 # models' own chunking run: Wan encodes 1 + 4 frames and decodes frame by frame with its
-# feature cache; CogVideoX decodes its 3 latent frames one by one through conv_cache.
+# feature cache; CogVideoX decodes its 3 latent frames one by one through conv_cache. 16x16
+# frames: at 8x8 the deepest GroupNorms see a pixel or two per group, and fp32 rounding in
+# their backward (the unpatched model's too) grows to ~1e-5.
 VAES = {
-    "wan": (wan_vae, (1, 3, 5, 8, 8), wan_mod.WanCausalConv3d),
-    "cogvideox": (cogvideox_vae, (1, 3, 5, 8, 8), cog_mod.CogVideoXCausalConv3d),
-    "hunyuan_video": (hunyuan_vae, (1, 3, 5, 8, 8), hunyuan_mod.HunyuanVideoCausalConv3d),
-    "ltx_video": (ltx_vae, (1, 3, 5, 8, 8), ltx_mod.LTXVideoCausalConv3d),
-    "mochi": (mochi_vae, (1, 3, 7, 16, 16), cog_mod.CogVideoXCausalConv3d),  # 8x8 leaves its
-    # last GroupNorm one pixel per group: its gradient is then rounding noise amplified
-    "cosmos": (cosmos_vae, (1, 3, 5, 8, 8), cosmos_mod.CosmosCausalConv3d),
+    "wan": (wan_vae, (1, 3, 5, 16, 16), wan_mod.WanCausalConv3d),
+    "cogvideox": (cogvideox_vae, (1, 3, 5, 16, 16), cog_mod.CogVideoXCausalConv3d),
+    "hunyuan_video": (hunyuan_vae, (1, 3, 5, 16, 16), hunyuan_mod.HunyuanVideoCausalConv3d),
+    "ltx_video": (ltx_vae, (1, 3, 5, 16, 16), ltx_mod.LTXVideoCausalConv3d),
+    "mochi": (mochi_vae, (1, 3, 7, 16, 16), cog_mod.CogVideoXCausalConv3d),
+    "cosmos": (cosmos_vae, (1, 3, 5, 16, 16), cosmos_mod.CosmosCausalConv3d),
 }
 
 
@@ -117,18 +118,11 @@ def run_with_grads(vae, x, seeds=(1, 2)):
     return z.detach(), y.detach(), x.grad.detach().clone(), grads
 
 
-# Whole-network fp32 backprop: diffusers' own weight gradients on these tiny models are off
-# their float64 values by up to ~4e-5 per tensor, so a different (equally exact) summation
-# order moves a single tensor by about that much. Each weight is held to 1e-4; all gradients
-# together to the fp32 tolerance.
-PER_WEIGHT_RTOL = 1e-4
-
-
 def assert_grads_match(grads, ref_grads, rtol=FP32):
-    """Parameter gradients equal to the unpatched model's: all of them together within rtol,
-    each weight (>= 2-D) within PER_WEIGHT_RTOL. Biases are held to the joint bound only: a bias
+    """Parameter gradients equal to the unpatched model's: each weight (>= 2-D) within rtol,
+    and all gradients together within rtol. Biases are held to the joint bound only: a bias
     gradient sums every output position with heavy cancellation (exactly 0 before a
-    GroupNorm), so its own relative error measures summation order."""
+    GroupNorm), so its own relative error measures summation order, not correctness."""
     assert grads.keys() == ref_grads.keys()
     keys = list(ref_grads)
     assert_parity(torch.cat([grads[p].flatten() for p in keys]),
@@ -136,7 +130,7 @@ def assert_grads_match(grads, ref_grads, rtol=FP32):
                   name="all parameter gradients")
     for p in keys:
         if p.dim() >= 2:
-            assert_parity(grads[p], ref_grads[p], rtol=PER_WEIGHT_RTOL,
+            assert_parity(grads[p], ref_grads[p], rtol=rtol,
                           name=f"grad of a {tuple(p.shape)} weight")
 
 
@@ -221,9 +215,9 @@ def _ltx_framewise(vae):
     vae.use_framewise_decoding = True
 
 
-def _spatial_tiles(vae):
+def _spatial_tiles(vae):  # 2 x 2 tiles (no overlap: fewer tiles, same code path)
     vae.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=16,
-                      tile_sample_stride_height=8, tile_sample_stride_width=8)
+                      tile_sample_stride_height=16, tile_sample_stride_width=16)
 
 
 # Wan's and CogVideoX's default paths are already chunked (see VAES); these are the options.
