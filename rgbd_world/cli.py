@@ -122,6 +122,8 @@ def _load_pipeline(args: argparse.Namespace, device: str = "cpu"):
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import torch
+
     from rgbd_world.export import check_output_set_dir, write_outputs
 
     device = check_device(args.device)
@@ -141,7 +143,8 @@ def _generate(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args, device)
     call = {"prompt": getattr(args, "prompt", ""), "image": args.image, "video": args.video,
             "num_frames": args.frames, "height": args.height, "width": args.width,
-            "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
+            "num_inference_steps": args.steps, "guidance_scale": args.guidance,
+            "generator": torch.Generator().manual_seed(args.seed)}
     resolved = pipe.check_arguments(**call)
     if args.ply_frame >= resolved["num_frames"]:
         raise InvalidArgument("ply_frame", args.ply_frame,

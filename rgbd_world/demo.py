@@ -25,6 +25,8 @@ def _train(stage: str, out: Path, steps: int, *extra: str) -> None:
 
 def run_demo(out: Path, steps: int = 300, skip_training: bool = False,
              prompt: str = "a red sphere moves left in front of a blue box") -> Path:
+    import torch
+
     from rgbd_world.export import write_outputs
     from rgbd_world.pipeline import RGBDPipeline
     from rgbd_world.train.run_models import pipeline_from_training_runs
@@ -43,7 +45,7 @@ def run_demo(out: Path, steps: int = 300, skip_training: bool = False,
                "optim.lr=1e-3")
         pipe = pipeline_from_training_runs(runs / "rgbd", runs / "dit")
         pipe.save_pretrained(out / "pipeline")
-    sample = pipe(prompt=prompt, seed=0)
+    sample = pipe(prompt=prompt, generator=torch.Generator().manual_seed(0))
     paths = write_outputs(sample, out / "sample")
     print(f"demo finished in {time.perf_counter() - start:.0f} s; prompt: {prompt!r}")
     for kind, path in paths.items():

@@ -1,7 +1,8 @@
 """Generation: a prompt, an RGB image or an RGB video in, a coherent RGB + depth video out.
 
     pipe = RGBDPipeline.from_pretrained("tiny-rgbd")      # the shipped one, or a directory
-    out = pipe(prompt="a red sphere rolls left ...", num_frames=9, height=32, width=32, seed=0)
+    out = pipe(prompt="a red sphere rolls left ...", num_frames=9, height=32, width=32,
+               num_inference_steps=20, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
     out.rgb (T, H, W, 3) float in [0, 1]; out.disparity (T, H, W) normalized (median 0, MAD 0.5);
     out.depth (T, H, W) relative depth (see :func:`relative_depth`)
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,18 +218,51 @@ class RGBDPipeline:
     # ------------------------------------------------------------------ generation
     METHODS = ("euler", "heun")
 
-    def check_arguments(self, prompt: str = "", image=None, video=None, num_frames=None,
-                        height=None, width=None, steps=None, guidance=None, seed=0, method=None,
-                        given_frames=0) -> dict:
+    OUTPUT_TYPES = ("pt", "np", "latent")
+    # old argument name -> new (diffusers') name; the old ones work for one more release
+    RENAMED = {"steps": "num_inference_steps", "guidance": "guidance_scale", "seed": "generator"}
+
+    def check_arguments(self, prompt: str | list[str] = "", image=None, video=None,
+                        num_frames=None, height=None, width=None, num_inference_steps=None,
+                        guidance_scale=None, method=None, given_frames=0, negative_prompt=None,
+                        generator=None, latents=None, output_type="pt", **deprecated) -> dict:
         """Validate the arguments of a call without generating anything; returns them with
         None replaced by the pipeline's defaults. Raises :class:`InvalidArgument` (a
         ValueError) naming the argument, the value and what is allowed. 0 is never read as
-        "default": only None is."""
+        "default": only None is. The old names ``steps``, ``guidance``, ``seed`` are accepted
+        with a DeprecationWarning."""
+        _warn_renamed(deprecated)
+        return self._check(prompt=prompt, image=image, video=video, num_frames=num_frames,
+                           height=height, width=width, num_inference_steps=num_inference_steps,
+                           guidance_scale=guidance_scale, method=method,
+                           given_frames=given_frames, negative_prompt=negative_prompt,
+                           generator=generator, latents=latents, output_type=output_type,
+                           **deprecated)
+
+    def _check(self, prompt="", image=None, video=None, num_frames=None, height=None, width=None,
+               num_inference_steps=None, guidance_scale=None, method=None, given_frames=0,
+               negative_prompt=None, generator=None, latents=None, output_type="pt",
+               steps=None, guidance=None, seed=None) -> dict:
         d = self.defaults
-        if not isinstance(prompt, str):
-            raise InvalidArgument("prompt", prompt, "a string")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts or \
+                not all(isinstance(p, str) for p in prompts):
+            raise InvalidArgument("prompt", prompt, "a string or a non-empty list of strings")
+        if negative_prompt is not None:
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) \
+                else negative_prompt
+            if not isinstance(negatives, (list, tuple)) or len(negatives) != len(prompts) or \
+                    not all(isinstance(p, str) for p in negatives):
+                raise InvalidArgument("negative_prompt", negative_prompt, "a string, or a list "
+                                      f"of {len(prompts)} strings (one per prompt)")
         if image is not None and video is not None:
             raise InvalidArgument("video", "<given>", "image or video, not both")
+        for old, old_value, new, value in (
+                ("steps", steps, "num_inference_steps", num_inference_steps),
+                ("guidance", guidance, "guidance_scale", guidance_scale),
+                ("seed", seed, "generator", generator)):
+            if old_value is not None and value is not None:
+                raise InvalidArgument(old, old_value, f"{new} or {old} (deprecated), not both")
         tc, sc = self.tokenizer.temporal_compression, self.tokenizer.spatial_compression
         num_frames = check_int("num_frames", num_frames, 1, allow_none=True)
         num_frames = d["num_frames"] if num_frames is None else num_frames
@@ -243,36 +278,80 @@ class RGBDPipeline:
                 near = " or ".join(str(v) for v in (value // sc * sc, value // sc * sc + sc) if v)
                 raise InvalidArgument(name, value, f"a positive multiple of {sc}; nearest: {near}")
             sizes[name] = value
-        steps = check_int("steps", steps, 1, 100_000, allow_none=True)
-        guidance = check_finite("guidance", guidance, allow_none=True)
+        steps = check_int("steps" if steps is not None else "num_inference_steps",
+                          num_inference_steps if steps is None else steps, 1, 100_000,
+                          allow_none=True)
+        guidance = check_finite("guidance" if guidance is not None else "guidance_scale",
+                                guidance_scale if guidance is None else guidance, allow_none=True)
         method = check_choice("method", d["method"] if method is None else method, self.METHODS)
         check_int("given_frames", given_frames, 0)
-        return {"num_frames": num_frames, **sizes,
-                "steps": d["steps"] if steps is None else steps,
-                "guidance": d["guidance"] if guidance is None else guidance,
-                "method": method, "seed": check_seed(seed)}
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise InvalidArgument("generator", type(generator).__name__, "a torch.Generator")
+        if latents is not None and (not isinstance(latents, torch.Tensor)
+                                    or not torch.isfinite(latents).all()):
+            raise InvalidArgument("latents", type(latents).__name__, "a finite tensor of "
+                                  "initial noise (C, T_lat, h, w)")
+        check_choice("output_type", output_type, self.OUTPUT_TYPES)
+        steps = d["steps"] if steps is None else steps
+        guidance = d["guidance"] if guidance is None else guidance
+        seed = check_seed(0 if seed is None else seed)
+        return {"num_frames": num_frames, **sizes, "num_inference_steps": steps,
+                "guidance_scale": guidance, "method": method, "seed": seed,
+                "steps": steps, "guidance": guidance}
 
     @torch.no_grad()
-    def __call__(self, prompt: str = "", image=None, video=None, num_frames: int | None = None,
-                 height: int | None = None, width: int | None = None, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, method: str | None = None,
-                 progress: bool = True, given_latents: torch.Tensor | None = None,
-                 given_frames: int = 0) -> RGBDOutput:
-        """Generate one RGBD video. ``image``/``video``: path or array (H, W, 3) / (T, H, W, 3)
-        (uint8 or integers in 0..255, or floats in [0, 1]); at most one of them. Bad arguments
-        raise :class:`~rgbd_world.validation.InvalidArgument` before any work is done. Continuation: ``given_latents`` (C, T_lat, h, w),
-        e.g. ``previous.latents``, holds its first ``given_frames`` latent frames fixed (they come
-        back unchanged). Deterministic for a seed on a given device."""
+    def __call__(self, prompt: str | list[str] = "", image=None, video=None,
+                 num_frames: int | None = None, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, negative_prompt: str | list[str] | None = None,
+                 generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 output_type: str = "pt", method: str | None = None, progress: bool = True,
+                 given_latents: torch.Tensor | None = None, given_frames: int = 0,
+                 **deprecated) -> RGBDOutput | list[RGBDOutput]:
+        """Generate RGBD videos (diffusers' argument names).
+
+        ``prompt``: a string (one :class:`RGBDOutput` back) or a list (a list back, one per
+        prompt, drawn one after another from ``generator``). ``negative_prompt``: what the
+        guidance steers away from (default: the null text). ``num_inference_steps``,
+        ``guidance_scale`` (1 = no guidance): default the pipeline's. ``generator``: a
+        ``torch.Generator`` for the noise (default: seed 0, deterministic). ``latents``: the
+        initial noise (C, T_lat, h, w) instead of drawing it. ``output_type``: "pt" (tensors),
+        "np" (numpy arrays) or "latent" (only ``latents``; nothing decoded).
+        ``image``/``video``: path or array (H, W, 3) / (T, H, W, 3) (uint8 or integers in
+        0..255, or floats in [0, 1]); at most one of them. Continuation: ``given_latents``
+        (C, T_lat, h, w), e.g. ``previous.latents``, holds its first ``given_frames`` latent
+        frames fixed (they come back unchanged). Bad arguments raise
+        :class:`~rgbd_world.validation.InvalidArgument` before any work is done.
+        Deprecated (one release, with a DeprecationWarning): ``steps``, ``guidance``, ``seed``.
+        """
+        _warn_renamed(deprecated, stacklevel=4)   # past torch.no_grad's wrapper
+        a = self._check(prompt=prompt, image=image, video=video, num_frames=num_frames,
+                        height=height, width=width, num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale, method=method, given_frames=given_frames,
+                        negative_prompt=negative_prompt, generator=generator, latents=latents,
+                        output_type=output_type, **deprecated)
+        if generator is None:
+            generator = torch.Generator().manual_seed(a["seed"])
+        if not isinstance(prompt, str):
+            negatives = negative_prompt if isinstance(negative_prompt, (list, tuple)) \
+                else [negative_prompt] * len(prompt)
+            return [self._generate(p, n, image, video, a, generator, latents, output_type,
+                                   progress, given_latents, given_frames)
+                    for p, n in zip(prompt, negatives)]
+        return self._generate(prompt, negative_prompt, image, video, a, generator, latents,
+                              output_type, progress, given_latents, given_frames)
+
+    def _generate(self, prompt: str, negative_prompt: str | None, image, video, a: dict,
+                  generator: torch.Generator, latents, output_type: str, progress: bool,
+                  given_latents, given_frames: int) -> RGBDOutput:
+        """One video from checked arguments ``a`` (see :meth:`__call__`)."""
         from tqdm.auto import tqdm
 
         from rgbd_world.dit.conditioning import build_conditioning
         from rgbd_world.flow import sample
 
-        a = self.check_arguments(prompt=prompt, image=image, video=video, num_frames=num_frames,
-                                 height=height, width=width, steps=steps, guidance=guidance,
-                                 seed=seed, method=method, given_frames=given_frames)
         num_frames, height, width = a["num_frames"], a["height"], a["width"]
-        steps, guidance, method, seed = a["steps"], a["guidance"], a["method"], a["seed"]
+        steps, guidance, method = a["num_inference_steps"], a["guidance_scale"], a["method"]
         c, t_lat, h, w = self.tokenizer.latent_shape(num_frames, height, width)
         like = torch.zeros(1, c, t_lat, h, w, device=self.device)
         cond_channels = self.denoiser.dit.config.cond_channels
@@ -302,8 +381,11 @@ class RGBDPipeline:
         if held is not None:
             cond.cond_mask = held_mask.to(like.dtype)
         text, text_mask = self.denoiser.encode_text([prompt], device=self.device)
-        null_text, null_mask = self.denoiser.encode_text([prompt], drop=torch.ones(1, dtype=torch.bool),
-                                                         device=self.device)
+        if negative_prompt:   # guidance away from it, else from the null text
+            null_text, null_mask = self.denoiser.encode_text([negative_prompt], device=self.device)
+        else:
+            null_text, null_mask = self.denoiser.encode_text(
+                [prompt], drop=torch.ones(1, dtype=torch.bool), device=self.device)
         dit = self.denoiser.dit
 
         def velocity(x, t):
@@ -312,21 +394,43 @@ class RGBDPipeline:
         def uncond(x, t):  # text dropped, RGB conditioning kept: guidance on the prompt
             return dit(x, t, null_text, text_mask=null_mask, cond=cond.cond, cond_mask=cond.cond_mask)
 
-        g = torch.Generator().manual_seed(seed)
-        noise = torch.randn(like.shape, generator=g).to(self.device)
+        if latents is not None:
+            noise = latents.reshape(-1, *latents.shape[-4:])[:1]
+            if noise.shape != like.shape:
+                raise InvalidArgument("latents", tuple(latents.shape), "initial noise of shape "
+                                      f"{tuple(like.shape[1:])} for these sizes")
+            noise = noise.to(self.device, like.dtype)
+        else:
+            noise = torch.randn(like.shape, generator=generator).to(self.device)
         bar = tqdm(total=steps, desc="generate", unit="step", disable=not progress)
-        use_cfg = guidance != 1.0 and bool(prompt)
+        use_cfg = guidance != 1.0 and (bool(prompt) or bool(negative_prompt))
         z = sample(velocity, noise, steps, method=method, shift="auto",
                    uncond_velocity=uncond if use_cfg else None,
                    guidance_scale=guidance if use_cfg else 1.0,
                    held_latents=held, held_mask=held_mask, per_frame_t=held is not None,
                    callback=lambda *_: bar.update(1))
         bar.close()
+        if output_type == "latent":
+            return RGBDOutput(rgb=None, disparity=None, depth=None, latents=z[0].cpu())
         x = self.tokenizer.decode(z)[0]  # (4, T, H, W)
         rgb = ((x[:3].clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).float().cpu()
         disparity = x[3].float().cpu()
-        return RGBDOutput(rgb=rgb, disparity=disparity, depth=relative_depth(disparity),
-                          latents=z[0].cpu())
+        out = RGBDOutput(rgb=rgb, disparity=disparity, depth=relative_depth(disparity),
+                         latents=z[0].cpu())
+        if output_type == "np":
+            out = RGBDOutput(*(t.numpy() for t in (out.rgb, out.disparity, out.depth,
+                                                    out.latents)))
+        return out
+
+
+def _warn_renamed(deprecated: dict, stacklevel: int = 3) -> None:
+    """DeprecationWarning for each old argument name used; TypeError for unknown ones."""
+    for old in deprecated:
+        if old not in RGBDPipeline.RENAMED:
+            raise TypeError(f"RGBDPipeline got an unexpected keyword argument {old!r}")
+        warnings.warn(f"RGBDPipeline: {old}= is deprecated and will be removed in the next "
+                      f"release; use {RGBDPipeline.RENAMED[old]}=", DeprecationWarning,
+                      stacklevel=stacklevel)
 
 
 def _read_json_object(path: Path) -> dict:

@@ -63,7 +63,8 @@ def evaluate_generation(pipe, num_clips: int = 4, steps: int = 10, seed: int = 1
     for i in tqdm(range(n), desc="eval-generation"):
         clip = ds[i]
         video = ((clip["rgb"].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        out = pipe(prompt=clip["caption"], video=video.numpy(), steps=steps, seed=i, progress=False)
+        out = pipe(prompt=clip["caption"], video=video.numpy(), num_inference_steps=steps,
+                   generator=torch.Generator().manual_seed(i), progress=False)
         gt_disp, valid = rk.depth_to_disparity(clip["depth"][0])
         m = disparity_metrics(out.disparity[None], gt_disp[None], valid[None])
         dc = video_depth_metrics((1.0 / out.depth)[None], clip["depth"][0][None], valid[None],
@@ -79,9 +80,11 @@ def evaluate_generation(pipe, num_clips: int = 4, steps: int = 10, seed: int = 1
                   "tae_ground_truth": _tae(clip["depth"][0].where(valid, torch.nan),
                                            clip["K"], clip["poses"])}
         if text_mode:
-            gen = pipe(prompt=clip["caption"], steps=steps, seed=i, progress=False)
+            gen = pipe(prompt=clip["caption"], num_inference_steps=steps,
+                       generator=torch.Generator().manual_seed(i), progress=False)
             rgb8 = (gen.rgb * 255).round().to(torch.uint8).numpy()
-            redo = pipe(prompt="", video=rgb8, steps=steps, seed=i, progress=False)
+            redo = pipe(prompt="", video=rgb8, num_inference_steps=steps,
+                        generator=torch.Generator().manual_seed(i), progress=False)
             ref = rk.align_scale_shift(gen.disparity[None], redo.disparity[None], per="clip")[0][0]
             # both are affine-invariant: compare as positive disparities on a common scale
             shift = torch.minimum(ref.min(), redo.disparity.min()) - 0.1

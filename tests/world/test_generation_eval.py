@@ -21,7 +21,8 @@ class OraclePipe:
         self.noise, self.far = noise, far_fraction
         self.data_dir = data_dir
 
-    def __call__(self, prompt="", video=None, steps=1, seed=0, progress=False):
+    def __call__(self, prompt="", video=None, num_inference_steps=1, generator=None,
+                 progress=False):
         ds = RGBDVideoDataset(self.data_dir, frames=9, size=(32, 32), augment=False)
         for i in range(len(ds)):
             clip = ds[i]
@@ -30,7 +31,7 @@ class OraclePipe:
                 break
         else:
             raise AssertionError("video not from the dataset")
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
         disp, valid = rk.depth_to_disparity(clip["depth"][0])
         fill = disp[valid].median()
         disp = torch.where(valid, disp, fill)

@@ -2,7 +2,9 @@
 safetensors); a directory of another kind or a newer version is refused saying what was
 expected and what was found; training runs export such directories."""
 import json
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -130,3 +132,44 @@ def test_a_run_exports_a_saved_model_and_models_refuse_run_directories(tmp_path)
     _same_weights(model, load_any_tokenizer(out))
     with pytest.raises(ValueError, match="found a training run directory.*export-run"):
         load_any_tokenizer(run)
+
+
+def test_pipeline_call_speaks_diffusers_and_old_names_warn():
+    from rgbd_world.pipeline import RGBDPipeline
+    from rgbd_world.validation import InvalidArgument
+
+    pipe = RGBDPipeline.from_pretrained("tiny-rgbd")
+    new = pipe(prompt="a red sphere", num_inference_steps=2, guidance_scale=2.0,
+               generator=torch.Generator().manual_seed(5), progress=False)
+    with pytest.warns(DeprecationWarning, match="steps= is deprecated.*num_inference_steps"):
+        old = pipe(prompt="a red sphere", steps=2, guidance=2.0, seed=5, progress=False)
+    assert torch.equal(new.latents, old.latents) and torch.equal(new.rgb, old.rgb)
+    # a list of prompts: one output each, drawn one after another from the generator
+    both = pipe(prompt=["a red sphere", "a blue box"], num_inference_steps=2,
+                generator=torch.Generator().manual_seed(5), progress=False)
+    assert len(both) == 2
+    g = torch.Generator().manual_seed(5)
+    first = pipe(prompt="a red sphere", num_inference_steps=2, generator=g, progress=False)
+    second = pipe(prompt="a blue box", num_inference_steps=2, generator=g, progress=False)
+    assert torch.equal(both[0].latents, first.latents) and torch.equal(both[1].latents, second.latents)
+    # given initial latents replace the noise; a negative prompt changes the guided result
+    noise = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(5))
+    from_noise = pipe(prompt="a red sphere", num_inference_steps=2, guidance_scale=2.0,
+                      latents=noise, output_type="latent", progress=False)
+    assert torch.equal(from_noise.latents, new.latents) and from_noise.rgb is None
+    negative = pipe(prompt="a red sphere", negative_prompt="a green floor", num_inference_steps=2,
+                    guidance_scale=2.0, generator=torch.Generator().manual_seed(5), progress=False)
+    assert not torch.equal(negative.latents, new.latents)
+    as_np = pipe(prompt="a red sphere", num_inference_steps=2, guidance_scale=2.0,
+                 generator=torch.Generator().manual_seed(5), output_type="np", progress=False)
+    assert isinstance(as_np.rgb, np.ndarray) and np.array_equal(as_np.rgb, new.rgb.numpy())
+    for kwargs, name in (({"num_inference_steps": 0}, "num_inference_steps"),
+                         ({"guidance_scale": float("nan")}, "guidance_scale"),
+                         ({"generator": 3}, "generator"), ({"output_type": "pil"}, "output_type"),
+                         ({"steps": 2, "num_inference_steps": 2}, "steps"),
+                         ({"prompt": ["a", 3]}, "prompt"),
+                         ({"prompt": ["a", "b"], "negative_prompt": ["c"]}, "negative_prompt")):
+        with pytest.raises(InvalidArgument) as exc, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pipe(progress=False, **kwargs)
+        assert exc.value.argument == name

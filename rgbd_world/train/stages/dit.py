@@ -191,8 +191,9 @@ class DiTStage(Stage):
         try:
             pipe = RGBDPipeline(self.tokenizer, self.rgb_tokenizer, model,
                                 self.cfg["model"]["text_encoder"], device=self.info.device)
-            out = pipe(prompt=caption, num_frames=frames, height=height, width=width, steps=10,
-                       seed=step, progress=False)
+            out = pipe(prompt=caption, num_frames=frames, height=height, width=width,
+                       num_inference_steps=10, generator=torch.Generator().manual_seed(step),
+                       progress=False)
         finally:
             model.train(was_training)
         if not self.info.is_main:
