@@ -9,6 +9,7 @@ One helper for every writer (data shards, training checkpoints, saved models, ou
   step (Linux ``renameat2(RENAME_EXCHANGE)``, else two renames).
 * :func:`atomic_directory` -- a context manager yielding an empty temporary directory that
   replaces the target when the block ends without an exception (deleted otherwise).
+* :func:`fsync_tree` / :func:`fsync_dir` -- durability before a rename (training checkpoints).
 * :func:`remove_stale_temporaries` -- deletes leftovers of interrupted writers that no longer run;
   another live writer's temporaries are left alone.
 
@@ -28,7 +29,7 @@ from typing import Iterator
 from rgbd_world.validation import process_alive
 
 __all__ = ["temporary_path", "temporary_owner_gone", "writers_in_flight", "remove_stale_temporaries",
-           "write_text_atomic", "replace_directory", "atomic_directory", "fsync_tree"]
+           "write_text_atomic", "replace_directory", "atomic_directory", "fsync_tree", "fsync_dir"]
 
 _HOST = socket.gethostname().replace("/", "_")
 _TMP_PATTERN = re.compile(r"\.tmp-(\d+)(?:@(.*?))?(?:\.old)?$")
@@ -40,22 +41,39 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}@{_HOST}")
 
 
+def _temporary_owner(path: Path) -> tuple[int, str | None] | None:
+    """(pid, host) of a temporary's writer (host None for names without one), None if ``path``
+    is not a temporary."""
+    m = _TMP_PATTERN.search(path.name)
+    return None if m is None else (int(m.group(1)), m.group(2))
+
+
 def temporary_owner_gone(path: Path) -> bool:
     """Whether the process that owns the temporary ``path`` is gone (its pid no longer runs on
     this host). Temporaries of another host are never judged gone: their writer may still run."""
-    m = _TMP_PATTERN.search(path.name)
-    if m is None:
+    owner = _temporary_owner(path)
+    if owner is None or (owner[1] is not None and owner[1] != _HOST):
         return False
-    pid, host = int(m.group(1)), m.group(2)
-    if host is not None and host != _HOST:
-        return False
-    return pid != os.getpid() and not process_alive(pid)
+    return owner[0] != os.getpid() and not process_alive(owner[0])
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename (no temporary
+    is left behind on failure)."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def writers_in_flight(out_dir: Path) -> list[Path]:
     """Temporaries in ``out_dir`` whose writer still runs (another process is writing there)."""
-    return sorted(p for p in out_dir.glob(".*.tmp-*") if _TMP_PATTERN.search(p.name)
-                  and not temporary_owner_gone(p) and not p.name.endswith(f".tmp-{os.getpid()}@{_HOST}"))
+    mine = (os.getpid(), _HOST)
+    return sorted(p for p in out_dir.glob(".*.tmp-*") if _temporary_owner(p) not in (None, mine)
+                  and not temporary_owner_gone(p))
 
 
 def remove_stale_temporaries(out_dir: Path, prefix: str = ".") -> list[Path]:
@@ -69,14 +87,6 @@ def remove_stale_temporaries(out_dir: Path, prefix: str = ".") -> list[Path]:
         else:
             p.unlink(missing_ok=True)
     return stale
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = temporary_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -109,6 +119,15 @@ def replace_directory(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory (its entries: a rename into it is durable)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_tree(directory: Path) -> None:
     """fsync every file directly in ``directory`` and the directory itself."""
     for f in Path(directory).iterdir():
@@ -116,11 +135,7 @@ def fsync_tree(directory: Path) -> None:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(directory)
 
 
 @contextlib.contextmanager

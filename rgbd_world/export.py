@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import remove_stale_temporaries, replace_directory, temporary_path
 from .viz import colorize_disparity, write_video
 
 
@@ -74,39 +75,7 @@ def check_output_set_dir(out_dir: str | os.PathLike, name: str = "out_dir") -> P
     return out
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False when the
-    platform or file system cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        at_fdcwd, rename_exchange = -100, 2
-        rc = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    except (OSError, AttributeError):
-        return False
-    return rc == 0
-
-
-def replace_directory(tmp: Path, out: Path) -> None:
-    """Put the finished directory ``tmp`` at ``out`` in one step; the old ``out`` is deleted."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    if _exchange(tmp, out):              # out is the new set now, tmp holds the old one
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = tmp.with_name(tmp.name + ".old")
-    os.rename(out, old)                  # fallback: two renames (a tiny window without out)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _temporary_dir(out: Path) -> Path:
-    from rgbd_world.data.shards import remove_stale_temporaries, temporary_path
-
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(out.parent, prefix=f".{out.name}.tmp-"):
         print(f"removed {stale} (left by an interrupted run)", file=sys.stderr)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import socket
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +27,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from rgbd_world.validation import check_device, check_int, check_output_dir, process_alive
+from rgbd_world.atomic import (remove_stale_temporaries, temporary_owner_gone,  # noqa: F401
+                               temporary_path, write_text_atomic, writers_in_flight)
+from rgbd_world.validation import check_device, check_int, check_output_dir
 
 __all__ = ["SHARD_GLOB", "generate_dataset", "write_npz_atomic", "shard_path", "clip_seed",
            "progress_bar", "temporary_path", "remove_stale_temporaries", "die_with_parent"]
@@ -48,31 +48,6 @@ def clip_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-_HOST = socket.gethostname().replace("/", "_")
-_TMP_PATTERN = re.compile(r"\.tmp-(\d+)(?:@(.*?))?(?:\.old)?$")
-
-
-def temporary_path(path: Path) -> Path:
-    """This process's temporary name for ``path`` (``.<name>.tmp-<pid>@<host>``)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}@{_HOST}")
-
-
-def _temporary_owner(path: Path) -> tuple[int, str | None] | None:
-    """(pid, host) of a temporary's writer (host None for names without one), None if ``path``
-    is not a temporary."""
-    m = _TMP_PATTERN.search(path.name)
-    return None if m is None else (int(m.group(1)), m.group(2))
-
-
-def temporary_owner_gone(path: Path) -> bool:
-    """Whether the process that owns the temporary ``path`` is gone (its pid no longer runs on
-    this host). Temporaries of another host are never judged gone: their writer may still run."""
-    owner = _temporary_owner(path)
-    if owner is None or (owner[1] is not None and owner[1] != _HOST):
-        return False
-    return owner[0] != os.getpid() and not process_alive(owner[0])
-
-
 def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                      compress: bool = True) -> Path:
     """Write ``arrays`` to ``path`` (.npz) through a temporary file and an atomic rename."""
@@ -88,37 +63,6 @@ def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
         if tmp.exists():
             tmp.unlink()
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = temporary_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def writers_in_flight(out_dir: Path) -> list[Path]:
-    """Temporaries in ``out_dir`` whose writer still runs (another process is writing there)."""
-    mine = (os.getpid(), _HOST)
-    return sorted(p for p in out_dir.glob(".*.tmp-*") if _temporary_owner(p) not in (None, mine)
-                  and not temporary_owner_gone(p))
-
-
-def remove_stale_temporaries(out_dir: Path, prefix: str = ".") -> list[Path]:
-    """Delete ``<prefix>*.tmp-*`` leftovers of interrupted writes (never matched by readers)
-    whose writer is gone; another writer's in-flight temporaries are left alone."""
-    stale = sorted(p for p in out_dir.glob(".*.tmp-*")
-                   if p.name.startswith(prefix) and temporary_owner_gone(p))
-    for p in stale:
-        if p.is_dir():
-            import shutil
-
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-    return stale
 
 
 class progress_bar:  # noqa: N801 - used like tqdm

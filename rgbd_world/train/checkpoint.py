@@ -1,4 +1,5 @@
-"""Atomic, code-free checkpoints: write to a temporary directory, then rename; read back checked.
+"""Atomic, code-free checkpoints: write to a temporary directory, then rename (through
+:mod:`rgbd_world.atomic`); read back checked.
 
 Layout of ``<out_dir>/checkpoints/step_000123/``:
   model.safetensors, ema.safetensors   full (unsharded) weights
@@ -36,6 +37,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict,
                                                      set_model_state_dict,
                                                      set_optimizer_state_dict)
+
+from rgbd_world.atomic import fsync_dir, fsync_tree, replace_directory
 
 from . import _faults
 from .distributed import DistInfo, all_reduce_mean, barrier
@@ -112,14 +115,6 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return full.detach().cpu().contiguous()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _agree(ok: bool) -> bool:
     """True when ``ok`` holds on every rank (collective)."""
     return all_reduce_mean(torch.tensor([1.0 if ok else 0.0])).item() == 1.0
@@ -160,16 +155,10 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model: nn.Module,
             (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state},
                                                          indent=1))
             sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
             (tmp / "COMPLETE").write_text(json.dumps({"files": sizes}) + "\n")
-            with open(tmp / "COMPLETE", "rb") as fh:
-                os.fsync(fh.fileno())
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            _fsync_dir(root)
+            fsync_tree(tmp)                      # every file (COMPLETE too) before the rename
+            replace_directory(tmp, final)
+            fsync_dir(root)
         except (OSError, RuntimeError) as exc:
             error = exc if isinstance(exc, OSError) else OSError(str(exc))
     if not _agree(error is None):
