@@ -32,7 +32,7 @@ from .tokenizer_eval import PROCEDURAL_MAX_DEPTH
 def _tae(depth: torch.Tensor, K: torch.Tensor, poses: torch.Tensor) -> float:
     """Mean over consecutive frame pairs of the mean relative disparity error of frame i's
     depth (T, H, W), moved into frame i+1, against frame i+1's (non-finite or <= 0: invalid)."""
-    from rgbd_world.data.dataset import reprojection_errors
+    from .geometry import reprojection_errors
 
     errs = []
     for i in range(depth.shape[0] - 1):

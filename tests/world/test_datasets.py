@@ -12,7 +12,8 @@ from PIL import Image
 from rgbd_kernels import align_scale_shift
 from rgbd_world.data import readers
 from rgbd_world.data_commands import add_make_data_parser
-from rgbd_world.data.dataset import BadSampleWarning, RGBDVideoDataset, reprojection_errors
+from rgbd_world.data.dataset import BadSampleWarning, RGBDVideoDataset
+from rgbd_world.eval.geometry import reprojection_errors
 from rgbd_world.data.readers import find_clips, write_dpt, write_png16, write_sintel_cam
 from rgbd_world.data.shards import generate_dataset
 from rgbd_world.data.synthetic import render, sample_scene

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rgbd_world.data.captions import SHAPE_NOUNS, caption_scene, caption_variants
-from rgbd_world.data.dataset import reprojection_errors
+from rgbd_world.eval.geometry import reprojection_errors
 from rgbd_world.data.procedural import make_clip
 from rgbd_world.data.synthetic import PALETTE, render, sample_scene
 
