@@ -1,17 +1,16 @@
 """``apply_rgbd_kernels(model)``: swap a video model's causal 3D convs (and attention) for ours.
 
-Recognised layers (exact classes; subclasses, which may change the semantics, are left alone):
+Recognised layers (exact classes; subclasses, which may change the semantics, are left alone),
+by family, each replaced by the class of the same name in ``rgbd_kernels.integrations``:
 
-=============================  ==============================================  ==============
-family                         class (module)                                  replaced by
-=============================  ==============================================  ==============
-wan                            diffusers ``WanCausalConv3d``                   WanCausalConv3d
-cogvideox (CogVideoX, Mochi)   diffusers ``CogVideoXCausalConv3d``             CogVideoXCausalConv3d
-hunyuan_video                  diffusers ``HunyuanVideoCausalConv3d``          HunyuanVideoCausalConv3d
-ltx_video                      diffusers ``LTXVideoCausalConv3d`` (causal)     LTXVideoCausalConv3d
-cosmos                         diffusers ``CosmosCausalConv3d``, NVIDIA        CosmosCausalConv3d
-                               Cosmos-Tokenizer ``CausalConv3d``
-=============================  ==============================================  ==============
+* ``wan``: diffusers ``WanCausalConv3d`` (AutoencoderKLWan);
+* ``cogvideox``: diffusers ``CogVideoXCausalConv3d`` (AutoencoderKLCogVideoX and
+  AutoencoderKLMochi);
+* ``hunyuan_video``: diffusers ``HunyuanVideoCausalConv3d`` (AutoencoderKLHunyuanVideo);
+* ``ltx_video``: diffusers ``LTXVideoCausalConv3d`` with ``is_causal=True``
+  (AutoencoderKLLTXVideo);
+* ``cosmos``: diffusers ``CosmosCausalConv3d`` (AutoencoderKLCosmos) and NVIDIA
+  Cosmos-Tokenizer's ``CausalConv3d`` (replaced by ``CosmosCausalConv3d``).
 
 Classes are matched by module path and name, so nothing imports diffusers until a diffusers
 model is handed in. Every replacement is a :class:`rgbd_kernels.nn.CausalConv3d` subclass that

@@ -162,7 +162,7 @@ def _processor_kind(processor) -> Optional[str]:
 
 def install_attention_processors(model: nn.Module, backend: str = "auto",
                                  fp8: bool = False) -> int:
-    """Give every Cosmos / Wan diffusers attention module of ``model`` an :class:`RgbdAttnProcessor`.
+    """Give each Cosmos / Wan diffusers attention module of ``model`` an :class:`RgbdAttnProcessor`.
 
     Returns the number of processors installed (modules already converted are skipped).
     """

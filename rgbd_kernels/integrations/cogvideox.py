@@ -16,7 +16,6 @@ memory; here they are streamed through the op in as many chunks, with the same o
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import torch
@@ -24,8 +23,6 @@ import torch
 from .padded_causal_conv3d import PaddedCausalConv3d
 
 __all__ = ["CogVideoXCausalConv3d", "convert_cogvideox_conv"]
-
-logger = logging.getLogger(__name__)
 
 
 class CogVideoXCausalConv3d(PaddedCausalConv3d):

@@ -46,7 +46,7 @@ def convert_cosmos_conv(module) -> tuple[Optional[CosmosCausalConv3d], str]:
 
 
 def is_cosmos_tokenizer_conv(module) -> bool:
-    """Whether ``module`` is Cosmos-Tokenizer's ``CausalConv3d`` (recognised without importing it)."""
+    """Whether ``module`` is Cosmos-Tokenizer's ``CausalConv3d`` (matched without importing it)."""
     cls = type(module)
     return (cls.__name__ == "CausalConv3d" and cls.__module__.split(".")[0] == "cosmos_tokenizer"
             and all(hasattr(module, a) for a in ("conv3d", "time_pad", "spatial_pad", "pad_mode")))

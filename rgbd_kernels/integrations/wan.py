@@ -9,7 +9,6 @@ concatenated by the caller, so it is a plain unpadded conv here.
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import torch
@@ -17,8 +16,6 @@ import torch
 from .padded_causal_conv3d import PaddedCausalConv3d
 
 __all__ = ["WanCausalConv3d", "convert_wan_conv"]
-
-logger = logging.getLogger(__name__)
 
 
 class WanCausalConv3d(PaddedCausalConv3d):

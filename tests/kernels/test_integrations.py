@@ -341,8 +341,8 @@ LAYERS = {  # name -> (diffusers layer factory, call kind, cache frames)
                         "plain", None),
     "cosmos-spatial": (lambda: cosmos_mod.CosmosCausalConv3d(4, 6, (1, 3, 3), padding=1),
                        "plain", None),
-    "cosmos-temporal-down": (lambda: cosmos_mod.CosmosCausalConv3d(4, 6, (3, 1, 1), stride=(2, 1, 1),
-                                                                   padding=0), "plain", None),
+    "cosmos-temporal-down": (lambda: cosmos_mod.CosmosCausalConv3d(
+        4, 6, (3, 1, 1), stride=(2, 1, 1), padding=0), "plain", None),
     "cosmos-replicate-pad": (lambda: cosmos_mod.CosmosCausalConv3d(4, 6, 3, padding=1,
                                                                    pad_mode="replicate"),
                              "plain", None),
