@@ -206,6 +206,9 @@ class PaddedCausalConv3d(CausalConv3d):
                                                 **kwargs)
                 if y.shape[2]:
                     outs.append(y)
+            if not outs:
+                raise ValueError(f"x has {x.shape[2]} frames: too few for kernel "
+                                 f"{self.kernel_size} with stride {self.stride}")
             y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         # nn.Conv3d returns contiguous outputs on CPU whatever the input's layout; the op keeps
         # x's. Downstream kernels (GroupNorm, ...) round differently per layout, so match it.
