@@ -4,8 +4,8 @@
   lazy import hides a cycle, it does not remove it);
 * ``rgbd_world`` uses only public ``rgbd_kernels`` names (no ``rgbd_kernels._x`` module, no
   ``_name`` imported from any rgbd_kernels module);
-* data knows no model, models and the pipeline know no trainer, nothing below the commands
-  imports them (see README "Layout").
+* the layers of README "Layout" point one way (commands -> train -> eval -> pipeline -> models
+  -> data -> foundations): models and the pipeline know no trainer, data knows no model.
 """
 import ast
 from pathlib import Path
@@ -103,6 +103,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_checker_finds_cycles_and_layer_breaks():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+    assert _layer("rgbd_world.train.run_models") < _layer("rgbd_world.dit.model")
+    assert _layer("rgbd_world.data.shards") > _layer("rgbd_world.tokenizer")
+    assert _layer("rgbd_world") == _layer("rgbd_world.atomic")
 
 
 def test_no_import_cycles_between_rgbd_world_modules():
@@ -123,21 +126,16 @@ def test_rgbd_world_uses_only_public_rgbd_kernels_names():
     assert not bad, "private rgbd_kernels names used:\n" + "\n".join(bad)
 
 
-# (importing layer, modules it must not import)
-COMMANDS = ("rgbd_world.cli", "rgbd_world.demo", "rgbd_world.data_commands")
-RULES = [
-    ("rgbd_world.data", ("rgbd_world.tokenizer", "rgbd_world.dit", "rgbd_world.train",
-                         "rgbd_world.pipeline", "rgbd_world.eval") + COMMANDS),
-    ("rgbd_world.tokenizer", ("rgbd_world.train", "rgbd_world.pipeline") + COMMANDS),
-    ("rgbd_world.dit", ("rgbd_world.train", "rgbd_world.pipeline") + COMMANDS),
-    ("rgbd_world.flow", ("rgbd_world.train", "rgbd_world.pipeline") + COMMANDS),
-    ("rgbd_world.eval", ("rgbd_world.train",) + COMMANDS),
-    ("rgbd_world.pipeline", ("rgbd_world.train",) + COMMANDS),
-    ("rgbd_world.train", COMMANDS),
-    ("rgbd_world.saved_model", ("rgbd_world.tokenizer", "rgbd_world.dit", "rgbd_world.data",
-                                "rgbd_world.train", "rgbd_world.pipeline") + COMMANDS),
-    ("rgbd_world.atomic", ("rgbd_world.tokenizer", "rgbd_world.dit", "rgbd_world.data",
-                           "rgbd_world.train", "rgbd_world.pipeline") + COMMANDS),
+# The layers, top to bottom (README "Layout"): a module may import its own layer or lower ones.
+LAYERS = [
+    ("rgbd_world.cli", "rgbd_world.demo", "rgbd_world.data_commands"),
+    ("rgbd_world.train",),
+    ("rgbd_world.eval",),
+    ("rgbd_world.pipeline", "rgbd_world.export"),
+    ("rgbd_world.tokenizer", "rgbd_world.dit", "rgbd_world.flow"),
+    ("rgbd_world.data",),
+    ("rgbd_world.saved_model", "rgbd_world.atomic", "rgbd_world.package_data",
+     "rgbd_world.validation", "rgbd_world.viz", "rgbd_world"),
 ]
 
 
@@ -145,8 +143,29 @@ def _within(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
-@pytest.mark.parametrize("layer,forbidden", RULES, ids=[r[0] for r in RULES])
-def test_layers_point_one_way(layer, forbidden):
-    bad = sorted(f"{m} imports {t}" for m, targets in _graph().items() if _within(m, layer)
-                 for t in targets if any(_within(t, f) for f in forbidden))
+def _layer(module: str) -> int:
+    """Index in LAYERS (the most specific prefix wins: "rgbd_world" itself is the package)."""
+    best = None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if _within(module, name) and (best is None or len(name) > len(best[1])):
+                best = (i, name)
+    assert best is not None and (best[1] != "rgbd_world" or module == "rgbd_world"), \
+        f"{module} is in no layer: add it to LAYERS (and README Layout)"
+    return best[0]
+
+
+def test_layers_point_one_way():
+    graph = _graph()
+    up = sorted(f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
+                for m, targets in graph.items() for t in targets if _layer(t) < _layer(m))
+    assert not up, "imports pointing up:\n" + "\n".join(up)
+
+
+def test_models_and_data_know_nothing_of_each_other():
+    graph = _graph()
+    models = ("rgbd_world.tokenizer", "rgbd_world.dit")
+    bad = sorted(f"{m} imports {t}" for m, targets in graph.items() for t in targets
+                 if (_within(m, "rgbd_world.data") and any(_within(t, x) for x in models))
+                 or (any(_within(m, x) for x in models) and _within(t, "rgbd_world.data")))
     assert not bad, "\n".join(bad)
