@@ -2,13 +2,14 @@
 
 :class:`RgbdAttnProcessor` stands in for diffusers' ``CosmosAttnProcessor2_0`` (the attention of
 ``CosmosTransformer3DModel``: self-attention with RoPE, text cross-attention) and
-``WanAttnProcessor`` (``WanTransformer3DModel``'s text-to-video self- and cross-attention). It
-computes the same projections, per-head (Cosmos) or per-layer (Wan) q/k RMSNorm and rotary
-embedding as the processor it replaces, then calls ``rk.attention`` with ``backend`` and
+``WanAttnProcessor`` (``WanTransformer3DModel``'s self- and cross-attention, with the image
+branch of image-to-video models). It computes the same projections, per-head (Cosmos) or
+per-layer (Wan) q/k RMSNorm and rotary embedding as the processor it replaces, then calls
+``rk.attention`` with ``backend`` and
 ``fp8`` (Transformer Engine FP8 where it is available; SDPA otherwise). Calls it cannot serve
 the same way go to the original processor, kept as ``.original``, so outputs never change:
-an attention mask other than a boolean key-padding mask with a key for every sample, Wan's
-image-to-video branch (``add_k_proj``) and Wan's context-parallel mode.
+an attention mask other than a boolean key-padding mask with a key for every sample, and
+Wan's context-parallel mode.
 
 ``install_attention_processors(model)`` installs it on every module whose processor is one of
 those two classes and returns how many it changed.
@@ -130,19 +131,27 @@ class RgbdAttnProcessor:
     # ------------------------------------------------------------------------------- Wan
 
     def _wan(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb):
+        image_context = None
+        if getattr(attn, "add_k_proj", None) is not None:
+            # image-to-video: the context is [image tokens, 512 text tokens] (Wan's layout)
+            split = encoder_hidden_states.shape[1] - 512
+            image_context = encoder_hidden_states[:, :split]
+            encoder_hidden_states = encoder_hidden_states[:, split:]
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         ok, mask = _key_padding_mask(attention_mask, hidden_states.shape[0], context.shape[1])
         parallel = (getattr(self.original, "_parallel_config", None) is not None
                     or self._parallel_config is not None)
-        if not ok or getattr(attn, "add_k_proj", None) is not None or parallel:
+        if not ok or parallel:
+            if image_context is not None:
+                encoder_hidden_states = torch.cat([image_context, encoder_hidden_states], dim=1)
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask,
                                  rotary_emb)
-        if getattr(attn, "fused_projections", False):
-            if not attn.is_cross_attention:
-                q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-            else:
-                q = attn.to_q(hidden_states)
-                k, v = attn.to_kv(context).chunk(2, dim=-1)
+        fused = getattr(attn, "fused_projections", False)
+        if fused and not attn.is_cross_attention:
+            q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        elif fused:
+            q = attn.to_q(hidden_states)
+            k, v = attn.to_kv(context).chunk(2, dim=-1)
         else:
             q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         q, k = attn.norm_q(q), attn.norm_k(k)
@@ -150,8 +159,15 @@ class RgbdAttnProcessor:
         q, k, v = (t.unflatten(2, (heads, -1)) for t in (q, k, v))  # (B, S, heads, D)
         if rotary_emb is not None:
             q, k = _rope_interleaved(q, *rotary_emb), _rope_interleaved(k, *rotary_emb)
-        out = self._attend(q, k, v, mask, "bshd")
-        out = out.flatten(2, 3).type_as(q)
+        out = self._attend(q, k, v, mask, "bshd").flatten(2, 3).type_as(q)
+        if image_context is not None:
+            if fused:
+                k_img, v_img = attn.to_added_kv(image_context).chunk(2, dim=-1)
+            else:
+                k_img, v_img = attn.add_k_proj(image_context), attn.add_v_proj(image_context)
+            k_img = attn.norm_added_k(k_img)
+            k_img, v_img = (t.unflatten(2, (heads, -1)) for t in (k_img, v_img))
+            out = out + self._attend(q, k_img, v_img, None, "bshd").flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
 

@@ -488,6 +488,23 @@ def test_attention_processor_bf16(family):
                       rtol=2e-2)
 
 
+def test_wan_image_to_video_attention(count_attention_calls):
+    """Wan I2V: the cross-attention's image branch (add_k_proj) runs on rk.attention too."""
+    model = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=8, added_kv_proj_dim=24)
+    patched = copy.deepcopy(model)
+    assert apply_rgbd_kernels(patched, attention=True) == 2
+    kw = dict(hidden_states=torch.randn(2, 4, 2, 4, 4), timestep=torch.rand(2) * 1000,
+              encoder_hidden_states=torch.randn(2, 512, 16),  # Wan's fixed text length
+              encoder_hidden_states_image=torch.randn(2, 3, 8))
+    with torch.no_grad():
+        out = patched(**kw, return_dict=False)[0]
+        assert_parity(out, model(**kw, return_dict=False)[0], rtol=FP32)
+    assert count_attention_calls["n"] == 3  # self, text cross, image cross
+
+
 def test_cosmos_text_padding_mask_and_fallback(count_attention_calls):
     model = cosmos_dit()
     patched = copy.deepcopy(model)
