@@ -9,7 +9,7 @@ Presets (``TokenizerConfig.preset(name, in_channels=3)``):
   Cosmos's ``CausalContinuousVideoTokenizer`` the *decoder* then has channel mult (2, 4) (the
   encoder keeps (2, 4, 4)) and the patch size stays 4.
 * ``"small"``: the same structure at half the width (channels 64; ~1/4 of the parameters),
-  level attention at 1/8 of a 128x128 input: one GPU, hours (``configs/small-gpu.toml``).
+  level attention at 1/8 of a 128x128 input: one GPU, hours (``rgbd_world/configs/small-gpu.toml``).
 * ``"tiny"``: the same structure (patch 4, 8x8x8, three levels, attention in one level and the
   mid blocks) at ~0.5M parameters, for CPU tests and demos.
 
