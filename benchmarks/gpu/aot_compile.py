@@ -307,12 +307,17 @@ def plan(recorded: dict, capabilities: list[int] | None = None, mode: str = "ful
         obj = getattr(importlib.import_module(first["module"]), first["attr"])
         configs = list(getattr(obj, "configs", None) or [None]) if first["autotuned"] else [None]
         dtypes = list(var["main"])
-        for i, cfg in enumerate(configs):
-            for ti, cap in enumerate(caps):
-                if mode == "full" or len(configs) == 1:
+        for ti, cap in enumerate(caps):
+            # ci: config i gets dtype (i + ti) mod n; config 0 also takes the dtypes no config
+            # got (fewer configs than dtypes), so every dtype meets every target
+            got = {(i + ti) % len(dtypes) for i in range(len(configs))}
+            for i, cfg in enumerate(configs):
+                if mode == "full":
                     chosen = dtypes
                 else:
                     chosen = [dtypes[(i + ti) % len(dtypes)]]
+                    if i == 0:
+                        chosen += [dt for k, dt in enumerate(dtypes) if k not in got]
                 jobs += [job(var["main"][dt], cfg, i, cap) for dt in chosen]
         for rec in var["others"].values():
             for cap in (caps if mode == "full" else caps[:1]):
@@ -401,7 +406,7 @@ def compile_job(job: dict) -> dict:
     res = {"kernel": job["kernel"], "module": job["module"], "op": job["op"],
            "dtype": job["dtype"], "target": job["target"], "config": job["config"],
            "constexprs": job["constexprs"], "tensor_dtypes": job["tensor_dtypes"],
-           "ok": False, "error": None}
+           "compiled": False, "ok": False, "error": None}
     try:
         obj = getattr(importlib.import_module(job["module"]), job["attr"])
         while not isinstance(obj, triton.runtime.jit.JITFunction):
@@ -435,6 +440,7 @@ def compile_job(job: dict) -> dict:
         res["num_stages"] = getattr(k.metadata, "num_stages", None)
         res.update(analyse_ptx(k.asm["ptx"]))
         res.update(analyse_ttir(k.asm.get("ttir", "")))
+        res["compiled"] = True
         res["ok"] = True
         problems = []
         if res["shared_limit"] and res["shared_bytes"] > res["shared_limit"]:
