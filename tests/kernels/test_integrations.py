@@ -359,9 +359,10 @@ def _call(layer, kind, x, cache):
 
 
 # On the Triton kernels (interpreted on CPU, slow) one case per way PaddedCausalConv3d feeds
-# the op: a cache of zeros + cached frames, a head shorter than the op's padding (frames of x
-# complete it), a cache as head, a head longer than the op's cache (streamed) with a zero tail
-# and a replicate pre-pad, a head that needs no cache frames. The op's own padding runs in the
+# the op: zeros + cached frames as its cache (Wan), a head shorter than the op's padding (frames
+# of x complete the cache), a model's cache as the op's (CogVideoX), a head longer than the op's
+# padding that the cache still holds (stride 3), a head longer than the cache holds (streamed)
+# with a zero tail and a replicate pre-pad (HunyuanVideo). The op's own padding runs in the
 # whole Cosmos VAE below.
 TRITON_LAYERS = ("wan-k3-cache1", "wan-time-downsample", "cogvideox-cache", "mochi-strided-in",
                  "hunyuan-downsample")
