@@ -243,15 +243,16 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _conv_reference(x, weight, bias, stride, padding, dilation, time_pad, cache, th, cdt):
-    """Pre-activation in dtype ``cdt``: concat head frames + F.pad (H, W) + F.conv3d."""
+    """Pre-activation in dtype ``cdt``: concat head frames + F.conv3d with zero (H, W) padding
+    (the convolution pads: no padded copy of the sequence is made)."""
     shape = _output_shape(x.shape, weight.shape, stride, padding, dilation, th)
     if shape[2] == 0:
         return x.new_zeros(shape, dtype=cdt)
     seq = _sequence(x.to(cdt), None if cache is None else cache.to(cdt), time_pad, th)
-    seq = F.pad(seq, (padding[1], padding[1], padding[0], padding[0], 0, 0))
     seq = seq.contiguous(memory_format=_memory_format(x))  # cuDNN's fast path wants NDHWC kept
     return F.conv3d(seq, weight.to(cdt), None if bias is None else bias.to(cdt), stride=stride,
-                    dilation=dilation, groups=_groups_of(x.shape, weight.shape))
+                    padding=(0, padding[0], padding[1]), dilation=dilation,
+                    groups=_groups_of(x.shape, weight.shape))
 
 
 def causal_conv3d_reference(x: torch.Tensor, weight: torch.Tensor,
