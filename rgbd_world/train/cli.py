@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_stage_config
 from .stages import STAGES
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     show_traceback = os.environ.get("RGBD_TRAIN_TRACEBACK", "0") not in ("", "0")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_stage_config(args.stage, args.config, args.overrides)
     except ConfigError as exc:
         print(f"train.py: {exc}", file=sys.stderr)
         return 2
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     if summary.get("rank", 0) == 0:  # one summary line per run, not per process
-        exported = _export(cfg["run"]["out_dir"]) if summary["checkpoint"] else None
+        exported = _export(cfg.run.out_dir) if summary["checkpoint"] else None
         print(json.dumps({"done": summary["step"], "checkpoint": summary["checkpoint"],
                           "last": summary["last"], "exported": exported}, default=str))
     return 0

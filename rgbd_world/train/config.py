@@ -9,9 +9,10 @@ instead of a silently ignored setting or a crash mid-run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-import os
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +20,101 @@ from rgbd_world.package_data import config_dir
 
 CONFIG_DIR = config_dir()   # rgbd_world/configs, shipped with the package
 
-# Every key a config may set, with its default. Sections map to the trainer's parts.
+# ----------------------------------------------------------------------------- typed sections
+# One dataclass per section (and per stage for the model keys): the source of every key, its
+# type and its default. A TOML file may set the keys of both stages under [model] (one file
+# serves every stage); a stage is handed only its own (:class:`TrainConfig`).
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2          # 0: keep every checkpoint
+    sample_every: int = 0              # 0: no samples
+    device: str = "auto"               # "auto" | "cpu" | "cuda"
+    max_consecutive_nonfinite: int = 5  # 0: never stop on skipped steps
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"          # "synthetic", "shards", "latents" or a reader format
+    root: str = ""
+    num_clips: int = 64
+    frames: int = 9
+    height: int = 64
+    width: int = 64
+    batch_size: int = 2
+    num_workers: int = 0
+    flip: bool = True
+    mix: list = field(default_factory=list)   # [[directory, weight], ...]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    betas: list = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+
+@dataclass
+class ParallelConfig:
+    strategy: str = "ddp"              # "ddp" | "fsdp"
+    precision: str = "auto"            # "auto" | "bf16" | "fp32"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fp8: bool = False
+
+
+@dataclass
+class LossConfig:
+    """Stage-1 loss weights (section [loss])."""
+    rgb_l1: float = 1.0
+    disparity_l1: float = 1.0
+    gradient_matching: float = 0.5
+    distill: float = 0.1
+    perceptual: float = 0.0
+
+
+@dataclass
+class TokenizerStageConfig:
+    """``tokenizer`` / ``tokenizer-rgb``: its [model] keys and the [loss] section."""
+    preset: str = "tiny"
+    geometry_channels: int = 0
+    teacher: str = ""
+    perceptual_net: str = ""
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class DiTStageConfig:
+    """``dit``: its [model] keys."""
+    dit_preset: str = "tiny"
+    text_encoder: str = "byte"
+    tokenizer: str = ""
+    rgb_tokenizer: str = ""
+    init: str = ""
+
+
+def _model_keys(stage_cls) -> dict[str, Any]:
+    return {f.name: getattr(stage_cls(), f.name) for f in dataclasses.fields(stage_cls)
+            if f.name != "loss"}
+
+
+# Every key a config may set, with its default (derived from the dataclasses above).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "run": {
-        "out_dir": "runs/default", "steps": 1000, "seed": 0, "log_every": 10,
-        "ckpt_every": 500, "keep_checkpoints": 2, "sample_every": 0, "device": "auto",
-        "max_consecutive_nonfinite": 5,
-    },
-    "data": {
-        "source": "synthetic", "root": "", "num_clips": 64, "frames": 9, "height": 64, "width": 64,
-        "batch_size": 2, "num_workers": 0, "flip": True, "mix": [],
-    },
-    "model": {"preset": "tiny", "geometry_channels": 0, "teacher": "", "dit_preset": "tiny",
-              "text_encoder": "byte", "tokenizer": "", "rgb_tokenizer": "",
-              "perceptual_net": "", "init": ""},
-    "optim": {
-        "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.01, "warmup_steps": 50,
-        "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.999,
-    },
-    "parallel": {"strategy": "ddp", "precision": "auto", "compile": False,
-                 "activation_checkpointing": False, "fp8": False},
-    "loss": {"rgb_l1": 1.0, "disparity_l1": 1.0, "gradient_matching": 0.5, "distill": 0.1,
-             "perceptual": 0.0},
+    "run": dataclasses.asdict(RunConfig()),
+    "data": dataclasses.asdict(DataConfig()),
+    "model": {**_model_keys(TokenizerStageConfig), **_model_keys(DiTStageConfig)},
+    "optim": dataclasses.asdict(OptimConfig()),
+    "parallel": dataclasses.asdict(ParallelConfig()),
+    "loss": dataclasses.asdict(LossConfig()),
 }
 
 
@@ -84,6 +158,11 @@ RANGES: dict[str, tuple[Any, str]] = {
     **{f"loss.{k}": _FINITE_NONNEG for k in ("rgb_l1", "disparity_l1", "gradient_matching",
                                              "distill", "perceptual")},
 }
+
+
+__all__ = ["load_config", "load_stage_config", "validate_config", "ConfigError", "DEFAULTS",
+           "TrainConfig", "RunConfig", "DataConfig", "OptimConfig", "ParallelConfig",
+           "LossConfig", "TokenizerStageConfig", "DiTStageConfig", "STAGE_CONFIGS"]
 
 
 class ConfigError(ValueError):
@@ -179,3 +258,56 @@ def load_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[
         _merge(cfg, {parts[0]: {parts[1]: _parse_value(text.strip())}}, "")
     validate_config(cfg)
     return cfg
+
+
+# ----------------------------------------------------------------------------- per stage
+
+STAGE_CONFIGS: dict[str, type] = {"tokenizer-rgb": TokenizerStageConfig,
+                                  "tokenizer": TokenizerStageConfig, "dit": DiTStageConfig}
+
+
+@dataclass
+class TrainConfig:
+    """What one stage trains with: the shared sections and its own model config only.
+
+    ``TrainConfig.from_dict(stage, cfg)`` takes :func:`load_config`'s dict (checked strictly
+    again: unknown keys, wrong types, values out of range); ``to_dict()`` gives the nested dict
+    the trainer and ``config.json`` use, whose [model] (and, for stage 1, [loss]) hold only this
+    stage's keys."""
+    stage: str
+    run: RunConfig
+    data: DataConfig
+    optim: OptimConfig
+    parallel: ParallelConfig
+    model: TokenizerStageConfig | DiTStageConfig
+
+    @classmethod
+    def from_dict(cls, stage: str, cfg: dict[str, dict[str, Any]]) -> "TrainConfig":
+        if stage not in STAGE_CONFIGS:
+            raise ConfigError(f"unknown stage {stage!r}; available: {sorted(STAGE_CONFIGS)}")
+        merged = copy.deepcopy(DEFAULTS)
+        _merge(merged, cfg, "")
+        validate_config(merged)
+        stage_cls = STAGE_CONFIGS[stage]
+        model = stage_cls(**{k: merged["model"][k] for k in _model_keys(stage_cls)})
+        if stage_cls is TokenizerStageConfig:
+            model.loss = LossConfig(**merged["loss"])
+        return cls(stage=stage, run=RunConfig(**merged["run"]), data=DataConfig(**merged["data"]),
+                   optim=OptimConfig(**merged["optim"]),
+                   parallel=ParallelConfig(**merged["parallel"]), model=model)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        out = {name: dataclasses.asdict(getattr(self, name))
+               for name in ("run", "data", "optim", "parallel")}
+        model = dataclasses.asdict(self.model)
+        loss = model.pop("loss", None)
+        out["model"] = model
+        if loss is not None:
+            out["loss"] = loss
+        return out
+
+
+def load_stage_config(stage: str, name: str,
+                      overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """:func:`load_config` typed for ``stage`` (only that stage's model keys)."""
+    return TrainConfig.from_dict(stage, load_config(name, overrides))

@@ -105,16 +105,19 @@ class _Logger:
             self.writer.close()
 
 
-def train(stage_name: str, cfg: dict[str, dict[str, Any]], resume: bool = False) -> dict[str, Any]:
+def train(stage_name: str, cfg, resume: bool = False) -> dict[str, Any]:
     """Run training; returns a summary (final step, last loss, counters, checkpoint path).
+    ``cfg``: a :class:`~rgbd_world.train.config.TrainConfig` or :func:`load_config`'s dict.
 
     Raises ValueError (a ConfigError, a CheckpointError, a run directory that cannot be used),
     FileExistsError (checkpoints there without ``resume``), OSError (a failed write) or
     :class:`TrainingDiverged`; each message is one line saying what to change."""
-    from .config import validate_config
+    from .config import TrainConfig
     from .stages import build_stage
 
-    validate_config(cfg)
+    # typed and checked; the stage sees only its own model keys (TrainConfig.to_dict)
+    typed = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(stage_name, cfg)
+    cfg = typed.to_dict()
     run, optim_cfg, par = cfg["run"], cfg["optim"], cfg["parallel"]
     info = init_distributed(run["device"])
     out_dir = Path(run["out_dir"])

@@ -101,6 +101,36 @@ def test_config_presets_and_overrides():
         load_config("no-such-config")
 
 
+def test_typed_stage_configs_hold_only_their_stage_keys():
+    from rgbd_world.train.config import (DataConfig, DiTStageConfig, TokenizerStageConfig,
+                                         TrainConfig, load_stage_config)
+
+    dit = load_stage_config("dit", "tiny-cpu", ["model.tokenizer=runs/rgbd", "data.frames=17",
+                                                "model.preset=small"])
+    assert isinstance(dit.model, DiTStageConfig) and dit.model.tokenizer == "runs/rgbd"
+    assert isinstance(dit.data, DataConfig) and dit.data.frames == 17
+    as_dict = dit.to_dict()
+    assert "preset" not in as_dict["model"] and "loss" not in as_dict     # stage 1's keys
+    tok = load_stage_config("tokenizer", "tiny-cpu", ["loss.distill=0.5", "model.init=x"])
+    assert isinstance(tok.model, TokenizerStageConfig) and tok.model.loss.distill == 0.5
+    assert "init" not in tok.to_dict()["model"] and tok.to_dict()["loss"]["distill"] == 0.5
+    # the same strict errors as load_config, also for a dict handed to the trainer directly
+    with pytest.raises(ConfigError, match="unknown config key 'model.tokenizr'"):
+        load_stage_config("dit", "tiny-cpu", ["model.tokenizr=x"])
+    with pytest.raises(ConfigError, match="run.steps' takes an int"):
+        TrainConfig.from_dict("dit", {"run": {"steps": "many"}})
+    with pytest.raises(ConfigError, match="optim.lr' must be"):
+        TrainConfig.from_dict("tokenizer", {"optim": {"lr": -1.0}})
+    with pytest.raises(ConfigError, match="data.mix"):
+        TrainConfig.from_dict("tokenizer", {"data": {"mix": [["a", 0]]}})
+    with pytest.raises(ConfigError, match="unknown stage"):
+        TrainConfig.from_dict("vae", {})
+    # the dict form round-trips and is what load_config gives for the shared sections
+    cfg = load_config("tiny-cpu")
+    again = TrainConfig.from_dict("tokenizer", tok.to_dict())
+    assert again == tok and tok.to_dict()["run"] == cfg["run"]
+
+
 # ----------------------------------------------------------------------------- resume
 
 @pytest.mark.parametrize("kill_at", ["step:5", "save:6"], ids=["mid-run", "mid-save"])
