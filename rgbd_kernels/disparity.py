@@ -1,6 +1,6 @@
 """Depth -> affine-invariant disparity, its normalization, alignment and depth metrics.
 
-Conventions (GUIDE §7): disparity d = 1/depth on valid pixels (depth finite and > 0, inside an
+Conventions: disparity d = 1/depth on valid pixels (depth finite and > 0, inside an
 optional range), 0 elsewhere. Normalization per group (a frame or a clip): shift t = median of
 the valid values, scale s = mean |d - t| over them, normalized = 0.5 * (d - t) / s, so the valid
 values get median 0 and mean absolute deviation 0.5; invalid pixels get 0.

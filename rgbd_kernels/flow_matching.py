@@ -1,6 +1,6 @@
 """Flow matching (rectified flow): fused interpolation and fused loss.
 
-Conventions (GUIDE §7): ``x_t = (1 - t) * x0 + t * noise`` with t in [0, 1] (t = 0: data,
+Conventions: ``x_t = (1 - t) * x0 + t * noise`` with t in [0, 1] (t = 0: data,
 t = 1: noise); the network predicts the velocity ``v = noise - x0``; the loss is the squared
 error of ``v_pred`` against it.
 

@@ -1,7 +1,7 @@
 """Parity helpers shared by tests and benchmarks.
 
 * :func:`rel_error` -- ``||out - ref|| / ||ref||`` in float64 (and :func:`max_abs_error`).
-* :data:`TOLERANCES` -- per-dtype relative-error budgets (GUIDE §4).
+* :data:`TOLERANCES` -- per-dtype relative-error budgets.
 * :func:`assert_parity` -- compare a fast path against the reference, NaN/inf-aware.
 * :func:`poisoned_outputs` -- NaN-fill every output buffer the ops allocate, so an element a
   kernel forgets to write fails the comparison.

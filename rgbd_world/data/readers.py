@@ -8,7 +8,7 @@ a :class:`RawClip`: RGB uint8, depth float32 in metres with invalid pixels as ``
 intrinsics per frame and camera-to-world poses in OpenCV axes (x right, y down, z forward) when
 the format has them.
 
-Layouts (GUIDE §7):
+Layouts:
 
 - ``shards``: ``shard-*.npz`` written by :func:`rgbd_world.data.shards.generate_dataset`.
 - ``vkitti2``: Virtual KITTI 2, ``<Scene>/<variation>/frames/rgb/Camera_k/rgb_%05d.jpg`` and

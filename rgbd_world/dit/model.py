@@ -1,4 +1,4 @@
-"""The stage-2 diffusion transformer (Cosmos-Predict2-style DiT on RGBD latents, GUIDE §7).
+"""The stage-2 diffusion transformer (Cosmos-Predict2-style DiT on RGBD latents).
 
     cfg = DiTConfig.preset("tiny", latent_channels=16, cond_channels=16, text_dim=enc.dim)
     model = DiT(cfg)

@@ -1,4 +1,4 @@
-"""Timestep embedding and AdaLN-LoRA modulation (Cosmos-Predict2 style, GUIDE §7).
+"""Timestep embedding and AdaLN-LoRA modulation (Cosmos-Predict2 style).
 
 * :func:`sinusoidal`: ``[cos(s * f_0..f_{n-1}) | sin(s * f_0..f_{n-1})]`` with
   ``f_i = max_period ** (-i / n)``, ``n = dim / 2``, ``max_period = 10000``.

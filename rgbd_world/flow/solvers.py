@@ -1,6 +1,6 @@
 """ODE solvers that generate latents with a rectified-flow velocity model.
 
-Convention (GUIDE §7, :mod:`rgbd_kernels.flow_matching`): ``x_t = (1 - t) x0 + t noise`` and
+Convention (:mod:`rgbd_kernels.flow_matching`): ``x_t = (1 - t) x0 + t noise`` and
 the model predicts ``v = dx_t/dt = noise - x0``. Generation integrates dx/dt = v(x, t) from
 t = 1 (pure noise) to t = 0 (data) over the schedule ``linspace(1, 0, steps + 1)`` shifted by
 ``t' = k t / (1 + (k - 1) t)`` (k > 1 spends more steps near the noise end; Cosmos-Predict2

@@ -1,4 +1,4 @@
-"""Building blocks of the Cosmos-style causal video tokenizer (GUIDE §7).
+"""Building blocks of the Cosmos-style causal video tokenizer.
 
 Every block takes ``(x, stream=None)`` with x (B, C, T, H, W). ``stream=None`` processes a whole
 video. A :class:`StreamState` processes one temporal chunk of a longer video and carries what the

@@ -1,4 +1,4 @@
-"""3D Haar wavelet patcher and unpatcher (Cosmos continuous video tokenizer, GUIDE §7).
+"""3D Haar wavelet patcher and unpatcher (Cosmos continuous video tokenizer).
 
 Patcher, for a video x (B, C, T, H, W) and patch size p (a power of two):
 
