@@ -22,7 +22,10 @@ SCREEN_ROWS = 40
 
 
 def _f(x, fmt):
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        width = fmt.split(".")[0]
+        return "-".rjust(int(width) if width.isdigit() else 1)
+    return format(x, fmt)
 
 
 def load_benchmarks(out: str) -> list[dict]:
