@@ -181,7 +181,8 @@ def test_train_dit_20_steps_from_a_diffusers_transformer(tmp_path):
     again = load_pretrained_dit(out)
     assert again.config.latent_channels == 18 and again.config.is_predict2
     from rgbd_world.train.run_models import pipeline_from_training_runs
-    video = pipeline_from_training_runs(rgbd, out)(prompt="a box", steps=2, progress=False)
+    video = pipeline_from_training_runs(rgbd, out)(prompt="a box", num_inference_steps=2,
+                                                   progress=False)
     assert video.rgb.shape == (9, 32, 32, 3) and torch.isfinite(video.disparity).all()
     # a pretrained DiT reading another text width is refused, both widths named (exit 2)
     _transformer(text_dim=32).save_pretrained(tmp_path / "t32")

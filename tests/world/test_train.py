@@ -275,7 +275,8 @@ def test_stage2_dit_run_lowers_flow_loss(tmp_path, data_root, tokenizer_runs):
     assert sum(loss[-20:]) / 20 < 0.5 * sum(loss[:5]) / 5, (loss[:5], loss[-20:])
     from rgbd_world.train.run_models import pipeline_from_training_runs
 
-    out = pipeline_from_training_runs(rgbd, dit)(prompt="a box", steps=2, progress=False)
+    out = pipeline_from_training_runs(rgbd, dit)(prompt="a box", num_inference_steps=2,
+                                                  progress=False)
     assert out.rgb.shape == (9, 32, 32, 3) and torch_finite(out.disparity)
     sample = dit / "samples" / "sample_step0000150.gif"
     assert sample.stat().st_size > 0 and sample.with_suffix(".txt").read_text().strip()
