@@ -1,12 +1,14 @@
 """RGB-D video data: procedural scenes with captions, readers for real datasets, latent cache.
 
 - :mod:`.synthetic`: scene sampling and an exact vectorized ray caster (RGB, planar depth, K,
-  poses); :mod:`.captions`: captions from scene descriptions.
+  poses); :mod:`.captions`: captions from scene descriptions; :mod:`.procedural`:
+  :func:`make_clip` (a scene sampled, rendered and captioned).
 - :mod:`.shards`: :func:`generate_dataset` (atomic, resumable shards; ``rgbd-world make-data``).
 - :mod:`.readers`: our shards, Virtual KITTI 2, TartanAir, MPI Sintel and plain folders.
 - :mod:`.dataset`: :class:`RGBDVideoDataset` (normalized disparity, crops, flips, bad-data
   skipping).
-- :mod:`.latent_cache`: :func:`encode_dataset` and :class:`LatentDataset` for stage 2.
+- :mod:`.latent_cache`: :func:`encode_dataset` and :class:`LatentDataset` for stage 2 (the
+  encoders come from the caller: ``rgbd-world cache-latents`` builds them; data knows no model).
 - :mod:`.pseudo_label`: :func:`pseudo_label_videos` (ordinary videos -> shards with estimated
   depth and captions; ``rgbd-world pseudo-label``).
 - :mod:`.mixing`: :class:`WeightedMix` and :func:`mixed_rgbd_dataset` (weighted mixes of sources).
