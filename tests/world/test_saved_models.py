@@ -3,6 +3,7 @@ safetensors); a directory of another kind or a newer version is refused saying w
 expected and what was found; training runs export such directories."""
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,20 @@ def test_pipeline_call_speaks_diffusers_and_old_names_warn():
             warnings.simplefilter("ignore", DeprecationWarning)
             pipe(progress=False, **kwargs)
         assert exc.value.argument == name
+
+
+def test_pipelines_saved_before_formats_were_recorded_still_load(tmp_path):
+    import shutil
+
+    from rgbd_world.package_data import shipped_pipeline
+    from rgbd_world.pipeline import RGBDPipeline
+
+    old = Path(shutil.copytree(shipped_pipeline("tiny-rgbd"), tmp_path / "old"))
+    for name in ("tokenizer", "rgb_tokenizer", "dit"):   # the layout written before this release
+        cfg = json.loads((old / name / "config.json").read_text())
+        legacy = {k: v for k, v in cfg.items() if not k.startswith("_") and k != "text_encoder"}
+        (old / name / "config.json").write_text(json.dumps(legacy))
+    kwargs = dict(prompt="a red sphere", num_inference_steps=2, progress=False)
+    a = RGBDPipeline.from_pretrained(old)(**kwargs)
+    b = RGBDPipeline.from_pretrained("tiny-rgbd")(**kwargs)
+    assert torch.equal(a.latents, b.latents)
