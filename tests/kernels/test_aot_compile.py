@@ -14,6 +14,7 @@ with it set) on all cores; Triton's cache makes reruns fast.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import sys
 import textwrap
@@ -110,6 +111,24 @@ def test_tl_dot_kernels_use_wgmma_on_sm90(compiled):
     slow = [_name(r) for r in dots
             if r["dot_tile"][0] >= 64 and r["num_warps"] % 4 == 0 and r["tensor_core"] != "wgmma"]
     assert not slow, "tl.dot without wgmma on sm_90:\n" + "\n".join(slow)
+
+
+def _key(r):
+    return (r["kernel"], r["dtype"], r["target"], json.dumps(r["config"], sort_keys=True),
+            json.dumps(r["constexprs"], sort_keys=True))
+
+
+def test_committed_static_profile_is_current(compiled):
+    """benchmarks/results/aot-sm90.json holds an ok entry for every kernel, config, target and
+    dtype compiled here: regenerate it (python benchmarks/aot_report.py) when kernels change."""
+    _, jobs, results = compiled
+    path = REPO / "benchmarks" / "results" / "aot-sm90.json"
+    committed = {_key(r): r for r in json.loads(path.read_text())}
+    caps = {aot.TARGET_NAMES[c] for c in aot.supported_capabilities()}
+    missing = [_name(r) for r in results if r["target"] in caps and _key(r) not in committed]
+    assert not missing, (f"{path.name} lacks {len(missing)} of the compiles done here (run "
+                         "python benchmarks/aot_report.py):\n" + "\n".join(missing[:20]))
+    assert all(r["ok"] for r in committed.values()), "the committed profile has failures"
 
 
 # ---------------------------------------------------------------------------- the checks can fail
