@@ -18,8 +18,8 @@ import torch
 import rgbd_kernels as rk
 from rgbd_kernels.disparity import normalize_disparity_reference
 
-from .conftest import (DEVICE, interleaved_times, median_time, ratio_summary, record,
-                       run_benchmark)
+from .conftest import (DEVICE, interleaved_times, ratio_summary, record,
+                       record_interleaved, run_benchmark)
 
 SHAPES = [(16, 256, 256), (8, 480, 640)] if DEVICE.type == "cpu" else [(64, 512, 512)]
 PATHS = ["cpp"] if DEVICE.type == "cpu" else ["triton", "compiled-reference"]
@@ -46,12 +46,17 @@ def test_normalize_disparity(benchmark, copy_bandwidth, shape, path):
 
     out, ref = fn(), reference()
     torch.testing.assert_close(out[0], ref[0], rtol=1e-4, atol=1e-4)
-    seconds = run_benchmark(benchmark, fn)
-    ref_seconds = median_time(reference)
     nbytes = d.numel() * (4 + 1 + 4)
-    record(benchmark, seconds=seconds, reference_seconds=ref_seconds, bytes_moved=nbytes,
-           shape=list(shape), dtype="float32", path=path,
-           percent_of_copy_bandwidth=100 * nbytes / seconds / copy_bandwidth)
+    record_interleaved(benchmark, {path: fn, "reference": reference}, path=path,
+                       reference="reference", bytes_moved=nbytes, shape=list(shape),
+                       dtype="float32")
+    _percent_of_copy(benchmark, path, nbytes, copy_bandwidth)
+
+
+def _percent_of_copy(benchmark, path, nbytes, copy_bandwidth):
+    seconds = benchmark.extra_info.get("interleaved_seconds", {}).get(path)
+    if seconds:
+        benchmark.extra_info["percent_of_copy_bandwidth"] = 100 * nbytes / seconds / copy_bandwidth
 
 
 @pytest.mark.parametrize("path", PATHS[:1])
@@ -65,11 +70,11 @@ def test_depth_to_disparity(benchmark, copy_bandwidth, path):
             return rk.depth_to_disparity(depth, 0.1, 80.0)
 
     torch.testing.assert_close(fn()[0], reference()[0])
-    seconds = run_benchmark(benchmark, fn)
     nbytes = depth.numel() * (4 + 4 + 1)
-    record(benchmark, seconds=seconds, reference_seconds=median_time(reference), bytes_moved=nbytes,
-           shape=list(shape), dtype="float32", path=path,
-           percent_of_copy_bandwidth=100 * nbytes / seconds / copy_bandwidth)
+    record_interleaved(benchmark, {path: fn, "reference": reference}, path=path,
+                       reference="reference", bytes_moved=nbytes, shape=list(shape),
+                       dtype="float32")
+    _percent_of_copy(benchmark, path, nbytes, copy_bandwidth)
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="the C++ CPU op's threaded single-clip path")
@@ -86,19 +91,20 @@ def test_normalize_disparity_one_clip(benchmark, copy_bandwidth):
             return rk.normalize_disparity(d, valid, "clip")
 
     torch.testing.assert_close(fn()[0], reference()[0], rtol=1e-4, atol=1e-4)
-    seconds = run_benchmark(benchmark, fn)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one_thread_seconds = median_time(fn)
-    finally:
-        torch.set_num_threads(threads)
+
+    def one_thread():
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(threads)
+
     nbytes = d.numel() * (4 + 1 + 4)
-    record(benchmark, seconds=seconds, reference_seconds=median_time(reference),
-           bytes_moved=nbytes, shape=list(shape), dtype="float32", path="cpp", per="clip",
-           one_thread_seconds=one_thread_seconds,
-           speedup_vs_one_thread=one_thread_seconds / seconds,
-           percent_of_copy_bandwidth=100 * nbytes / seconds / copy_bandwidth)
+    record_interleaved(benchmark, {"cpp": fn, "reference": reference, "one_thread": one_thread},
+                       path="cpp", reference="reference", bytes_moved=nbytes, shape=list(shape),
+                       dtype="float32", per="clip")
+    _percent_of_copy(benchmark, "cpp", nbytes, copy_bandwidth)
 
 
 # ----------------------------------------------------------------------------- user baselines
