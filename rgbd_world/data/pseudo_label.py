@@ -45,6 +45,7 @@ import numpy as np
 
 from rgbd_world.validation import InvalidArgument, check_int
 
+from .readers import _natural_key, default_intrinsics
 from .shards import (SHARD_FORMAT, progress_bar, remove_stale_temporaries, write_npz_atomic,
                      write_text_atomic)
 
@@ -75,12 +76,6 @@ def find_videos(root: str | os.PathLike) -> list[Path]:
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir() if p.is_file()):
         found.insert(0, root)
     return found
-
-
-def _natural_key(path: Path):
-    import re
-
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
@@ -497,7 +492,7 @@ def pseudo_label_videos(videos: str | os.PathLike, out_dir: str | os.PathLike, *
                 T, H, W, _ = clip.shape
                 arrays[f"{clip_name}/rgb"] = clip
                 arrays[f"{clip_name}/depth"] = disparity_to_relative_depth(disparity)
-                arrays[f"{clip_name}/K"] = _default_intrinsics(H, W)
+                arrays[f"{clip_name}/K"] = np.asarray(default_intrinsics(H, W), np.float32)
                 metas.append({"name": clip_name, "frames": T, "height": H, "width": W,
                               "caption": caption, "scene": None, "seed": None,
                               "video": str(video_path.relative_to(videos)) if video_path != videos
@@ -514,10 +509,3 @@ def pseudo_label_videos(videos: str | os.PathLike, out_dir: str | os.PathLike, *
                 on_shard(index)
     write_text_atomic(out / _REPORT, json.dumps(report, indent=1))
     return report
-
-
-def _default_intrinsics(height: int, width: int) -> np.ndarray:
-    from .readers import default_intrinsics
-
-    return np.asarray(default_intrinsics(height, width), np.float32)
-
