@@ -2,7 +2,8 @@
 
 RGB: PSNR and SSIM on [-1, 1] pixels. Depth, under two protocols (keys say which):
 
-* ``abs_rel``, ``delta1``, ``boundary_f1``: this project's own protocol ("rgbd",
+* ``abs_rel``, ``delta1``, ``boundary_f1`` (and ``boundary_precision``, ``boundary_recall``):
+  this project's own protocol ("rgbd",
   :func:`rgbd_world.eval.disparity_metrics`): the reconstructed disparity channel (normalized,
   signed units) is scale-shift aligned per clip to the ground-truth disparity 1/depth, depth is
   clipped to the clip's ground-truth range, AbsRel and delta1 over all the clip's valid pixels;
@@ -11,6 +12,11 @@ RGB: PSNR and SSIM on [-1, 1] pixels. Depth, under two protocols (keys say which
   (:func:`rgbd_world.eval.video_depth_metrics`) on what the pipeline would export for the
   reconstruction: the positive disparity 1 / :func:`rgbd_world.pipeline.relative_depth`, with
   the depth range (1e-3, ``PROCEDURAL_MAX_DEPTH``) m.
+
+With ``teacher`` (the frozen RGB tokenizer an RGBD tokenizer was distilled from), the latent's
+agreement with it on the RGB channels: ``teacher_rel_mse`` = ||z[:, :C] - z_teacher||^2 /
+||z_teacher||^2 and ``teacher_cosine`` (over the whole latent of each clip); near 0 and 1 mean a
+diffusion prior trained on the teacher's latents still fits.
 """
 from __future__ import annotations
 
@@ -30,14 +36,18 @@ PROCEDURAL_MAX_DEPTH = 70.0
 
 @torch.no_grad()
 def evaluate_tokenizer(model, dataset: Dataset, device: str | torch.device = "cpu",
-                       max_clips: int | None = None, progress: bool = True) -> dict[str, float]:
-    """Mean metrics over clips: psnr, ssim (RGB); abs_rel, delta1, boundary_f1 (ours) and
-    abs_rel_depthcrafter, delta1_depthcrafter (RGBD models; module docstring)."""
+                       max_clips: int | None = None, progress: bool = True,
+                       teacher=None) -> dict[str, float]:
+    """Mean metrics over clips: psnr, ssim (RGB); abs_rel, delta1, boundary_f1 /
+    _precision / _recall (ours) and abs_rel_depthcrafter, delta1_depthcrafter (RGBD models);
+    teacher_rel_mse, teacher_cosine with ``teacher`` (module docstring)."""
     from tqdm.auto import tqdm
 
     from rgbd_world.pipeline import relative_depth
 
     model = model.to(device).eval()
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
     rgbd = model.config.in_channels >= 4
     totals: dict[str, float] = {}
     n = 0
@@ -48,7 +58,8 @@ def evaluate_tokenizer(model, dataset: Dataset, device: str | torch.device = "cp
             break
         rgb = batch["rgb"].to(device)
         x = torch.cat([rgb, batch["disparity"].to(device)], 1) if rgbd else rgb
-        recon = model(x).reconstruction
+        out = model(x)
+        recon = out.reconstruction
         values = {"psnr": psnr(recon[:, :3].clamp(-1, 1), rgb).item(),
                   "ssim": ssim(recon[:, :3].clamp(-1, 1), rgb).item()}
         if rgbd:
@@ -58,12 +69,24 @@ def evaluate_tokenizer(model, dataset: Dataset, device: str | torch.device = "cp
             dm = disparity_metrics(recon[:, 3], gt_disp, valid, per="clip")
             values["abs_rel"] = dm["abs_rel"].item()
             values["delta1"] = dm["delta1"].item()
-            values["boundary_f1"] = boundary_f1(dm["aligned"], gt_disp, valid, align=False)["f1"].item()
+            bf = boundary_f1(dm["aligned"], gt_disp, valid, align=False)
+            values["boundary_f1"] = bf["f1"].item()
+            values["boundary_precision"] = bf["precision"].item()
+            values["boundary_recall"] = bf["recall"].item()
             exported = torch.stack([1.0 / relative_depth(d) for d in recon[:, 3]])
             dc = video_depth_metrics(exported, gt_depth, valid, protocol="depthcrafter",
                                      max_depth=PROCEDURAL_MAX_DEPTH)
             values["abs_rel_depthcrafter"] = dc["abs_rel"].item()
             values["delta1_depthcrafter"] = dc["delta1"].item()
+        if teacher is not None:
+            zt = teacher.encode(rgb).float()
+            zs = out.latent[:, : zt.shape[1]].float()
+            if zs.shape != zt.shape:
+                raise ValueError(f"teacher latent {tuple(zt.shape)} does not match the model's "
+                                 f"first channels {tuple(zs.shape)}")
+            values["teacher_rel_mse"] = ((zs - zt).square().sum() / zt.square().sum()).item()
+            values["teacher_cosine"] = torch.nn.functional.cosine_similarity(
+                zs.flatten(), zt.flatten(), dim=0).item()
         for k, v in values.items():
             totals[k] = totals.get(k, 0.0) + v
         n += 1

@@ -12,6 +12,8 @@ Presets (``TokenizerConfig.preset(name, in_channels=3)``):
   level attention at 1/8 of a 128x128 input: one GPU, hours (``rgbd_world/configs/small-gpu.toml``).
 * ``"tiny"``: the same structure (patch 4, 8x8x8, three levels, attention in one level and the
   mid blocks) at ~0.5M parameters, for CPU tests and demos.
+* ``"tiny-4x8x8"``: ``"tiny"`` with temporal compression 4 (decoder mult (1, 2), as Cosmos's
+  CV4x8x8 narrows its decoder).
 
 ``in_channels`` (= ``out_channels`` unless given) is 3 for RGB and 4 for RGBD (disparity last).
 ``geometry_channels`` adds latent channels reserved for depth (default 0).
@@ -153,4 +155,7 @@ PRESETS: dict[str, TokenizerConfig] = {
     "small": TokenizerConfig(name="small", channels=64, attn_resolutions=(16,), resolution=128),
     "tiny": TokenizerConfig(name="tiny", channels=16, channels_mult=(1, 2, 2), num_res_blocks=1,
                             attn_resolutions=(8,), resolution=64),
+    "tiny-4x8x8": TokenizerConfig(name="tiny-4x8x8", channels=16, channels_mult=(1, 2, 2),
+                                  decoder_channels_mult=(1, 2), num_res_blocks=1,
+                                  attn_resolutions=(8,), resolution=64, temporal_compression=4),
 }

@@ -8,6 +8,11 @@
   disparity residual R = d_hat - d: at scales k = 0..3 (every 2^k-th pixel), the sum over valid
   neighbour pairs of |R_x| + |R_y| divided by the number of valid pixels at that scale, summed
   over scales (MiDaS' batch-based reduction). Sharpens depth boundaries.
+* :func:`boundary_loss`: a depth-edge term on the disparity residual R = d_hat - d: at the
+  target's edges (4-neighbour jumps above ``threshold`` in the disparity's units, widened by one
+  pixel), the mean |R| plus the mean |R_x| + |R_y| over the neighbour pairs touching an edge.
+  Gradient matching averages over every pixel, where edges are a few percent; this term averages
+  over the edges alone, so a blurred boundary costs as much as a wrong plane.
 * :func:`distillation_loss`: MSE(student latent[:, :C_teacher], teacher latent), where the
   teacher is the frozen RGB tokenizer encoding the RGB channels (keeps the latent space aligned
   with the RGB prior).
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 
 from rgbd_kernels import normalize_disparity
 
-__all__ = ["rgb_l1", "disparity_l1", "gradient_matching_loss", "distillation_loss",
+__all__ = ["rgb_l1", "disparity_l1", "gradient_matching_loss", "boundary_loss", "distillation_loss",
            "PerceptualLoss", "LossWeights", "TokenizerLoss"]
 
 
@@ -92,6 +97,43 @@ def gradient_matching_loss(pred: torch.Tensor, target: torch.Tensor,
     return total
 
 
+def boundary_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
+                  threshold: float = 0.1) -> torch.Tensor:
+    """Depth-edge loss on disparities (..., H, W) as given (module doc); ``threshold`` in the
+    disparity's units (the tokenizer's normalised disparity: MAD 0.5 per clip). 0 when the
+    target has no edge."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target disparity must have the same shape, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    valid = torch.isfinite(target) if valid is None else valid & torch.isfinite(target)
+    p, t = pred.float(), torch.where(valid, target.float(), 0.0)
+    r = torch.where(valid, p - t, 0.0)
+    edge = torch.zeros_like(valid)
+    grad_terms, grad_count = p.new_zeros(()), p.new_zeros(())
+    pairs = []
+    for dim in (-1, -2):
+        n = t.shape[dim] - 1
+        pv = valid.narrow(dim, 0, n) & valid.narrow(dim, 1, n)
+        jump = pv & ((t.narrow(dim, 1, n) - t.narrow(dim, 0, n)).abs() > threshold)
+        pad = [0, 1, 0, 0] if dim == -1 else [0, 0, 0, 1]
+        edge |= F.pad(jump, pad) | F.pad(jump, [pad[1], pad[0], pad[3], pad[2]])
+        pairs.append((dim, n, pv))
+    lead = edge.shape[:-2]
+    band = F.max_pool2d(edge.reshape(-1, 1, *edge.shape[-2:]).float(), 3, 1, 1) > 0
+    band = band.reshape(*lead, *edge.shape[-2:]) & valid
+    for dim, n, pv in pairs:
+        near = pv & (band.narrow(dim, 0, n) | band.narrow(dim, 1, n))
+        g = (r.narrow(dim, 1, n) - r.narrow(dim, 0, n)).abs()
+        grad_terms = grad_terms + torch.where(near, g, 0.0).sum()
+        grad_count = grad_count + near.sum()
+    nb = band.sum()
+    value = torch.where(band, r.abs(), 0.0).sum() / nb.clamp_min(1) \
+        + grad_terms / grad_count.clamp_min(1)
+    return torch.where(nb > 0, value, 0.0)
+
+
 def distillation_loss(student_latent: torch.Tensor, teacher_latent: torch.Tensor) -> torch.Tensor:
     """MSE between the first C_teacher channels of the student latent and the (detached)
     teacher latent."""
@@ -138,6 +180,7 @@ class LossWeights:
     rgb: float = 1.0
     disparity: float = 1.0
     gradient: float = 0.5
+    boundary: float = 0.0
     distill: float = 1.0
     perceptual: float = 0.0
 
@@ -180,6 +223,8 @@ class TokenizerLoss(nn.Module):
                                               normalize=self.renormalize)
             terms["gradient"] = gradient_matching_loss(pred[:, 3], target[:, 3], v,
                                                        normalize=self.renormalize)
+            if w.boundary > 0:
+                terms["boundary"] = boundary_loss(pred[:, 3], target[:, 3], v)
         if w.distill > 0 and student_latent is not None:
             if teacher_latent is None:
                 if teacher is None:

@@ -78,6 +78,7 @@ class LossConfig:
     rgb_l1: float = 1.0
     disparity_l1: float = 1.0
     gradient_matching: float = 0.5
+    boundary: float = 0.0
     distill: float = 0.1
     perceptual: float = 0.0
 
@@ -155,7 +156,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "optim.weight_decay": _FINITE_NONNEG, "optim.warmup_steps": _NONNEG,
     "optim.min_lr_ratio": _within(0, 1), "optim.grad_clip": _within(0, open_low=True),
     "optim.ema_decay": _within(0, 1),
-    **{f"loss.{k}": _FINITE_NONNEG for k in ("rgb_l1", "disparity_l1", "gradient_matching",
+    **{f"loss.{k}": _FINITE_NONNEG for k in ("rgb_l1", "disparity_l1", "gradient_matching", "boundary",
                                              "distill", "perceptual")},
 }
 

@@ -173,7 +173,8 @@ class TokenizerStage(_TokenizerStageBase):
                                         geometry_channels=m["geometry_channels"])
             self.teacher, distill = None, 0.0
         self.loss_fn = self._loss(LossWeights(rgb=w["rgb_l1"], disparity=w["disparity_l1"],
-                                              gradient=w["gradient_matching"], distill=distill,
+                                              gradient=w["gradient_matching"],
+                                              boundary=w["boundary"], distill=distill,
                                               perceptual=w["perceptual"]))
         return self.model
 
