@@ -8,6 +8,7 @@ Presets (parameter counts with latent/cond channels 16 and the preset's text_dim
 preset   hidden  depth  heads  head dim  AdaLN rank  text_dim  params
 =======  ======  =====  =====  ========  ==========  ========  =========
 tiny         96      3      4        24          32        64  0.58 M
+mini        192      6      6        32          48       384  4.69 M
 small       768     12     12        64         128       384  119 M
 2B         2048     28     16       128         256      1024  1.96 B
 =======  ======  =====  =====  ========  ==========  ========  =========
@@ -161,6 +162,7 @@ PREDICT2 = dict(timestep_scale=1.0, modulation="sublayer", mlp_bias=False, gelu=
 
 PRESETS = {
     "tiny": DiTConfig(hidden=96, depth=3, heads=4, adaln_rank=32, text_dim=64, name="tiny"),
+    "mini": DiTConfig(hidden=192, depth=6, heads=6, adaln_rank=48, text_dim=384, name="mini"),
     "small": DiTConfig(hidden=768, depth=12, heads=12, adaln_rank=128, text_dim=384, name="small"),
     # Cosmos-Predict2-2B (Video2World): Predict2-exact, its weights load
     "2B": DiTConfig(hidden=2048, depth=28, heads=16, adaln_rank=256, text_dim=1024,

@@ -147,3 +147,22 @@ def test_evaluate_generation_reports_depthcrafter_on_the_exported_depth(tmp_path
     assert got["video_abs_rel_depthcrafter"] == pytest.approx(want["abs_rel"].item(), rel=1e-6)
     assert got["video_delta1_depthcrafter"] == pytest.approx(want["delta1"].item(), rel=1e-6)
     assert {"video_abs_rel", "video_delta1"} <= set(got)
+
+
+def test_evaluate_tokenizer_teacher_agreement_and_boundary_parts(held_out_clips):
+    from rgbd_world.data import RGBDVideoDataset
+    from rgbd_world.eval import evaluate_tokenizer
+    from rgbd_world.tokenizer import VideoTokenizer, inflate_to_rgbd
+
+    torch.manual_seed(1)
+    teacher = VideoTokenizer("tiny").eval()
+    ds = RGBDVideoDataset(held_out_clips, frames=9, size=(32, 32), augment=False)
+    fresh = evaluate_tokenizer(inflate_to_rgbd(teacher, geometry_channels=4), ds, max_clips=2,
+                               progress=False, teacher=teacher)
+    # a fresh inflation encodes the RGB channels exactly as its teacher does
+    assert fresh["teacher_rel_mse"] < 1e-8 and fresh["teacher_cosine"] > 1 - 1e-6
+    other = evaluate_tokenizer(VideoTokenizer("tiny", in_channels=4).eval(), ds, max_clips=2,
+                               progress=False, teacher=teacher)
+    assert other["teacher_rel_mse"] > 0.1 and other["teacher_cosine"] < 0.9
+    for key in ("boundary_precision", "boundary_recall", "boundary_f1"):
+        assert 0.0 <= other[key] <= 1.0

@@ -457,3 +457,17 @@ def test_tiled_calls_equal_whole_when_one_tile_and_blend_otherwise(tiny):
     assert torch.isfinite(zt).all() and torch.isfinite(yt).all()
     with pytest.raises(ValueError, match="multiples of 8"):
         tiny.encode_tiled(x, 12, 4)
+
+
+def test_tiny_4x8x8_preset_keeps_twice_the_latent_frames():
+    import torch
+
+    from rgbd_world.tokenizer import VideoTokenizer
+
+    m = VideoTokenizer("tiny-4x8x8", in_channels=4, geometry_channels=8).eval()
+    x = torch.rand(1, 4, 17, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out = m(x)
+    assert out.latent.shape == (1, 24, 5, 4, 4)
+    assert out.reconstruction.shape == x.shape
+    assert m.latent_shape(17, 32, 32) == (24, 5, 4, 4)

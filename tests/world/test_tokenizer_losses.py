@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rgbd_world.tokenizer import VideoTokenizer, inflate_to_rgbd
-from rgbd_world.tokenizer.losses import (LossWeights, TokenizerLoss, disparity_l1,
+from rgbd_world.tokenizer.losses import (LossWeights, TokenizerLoss, boundary_loss, disparity_l1,
                                          distillation_loss, gradient_matching_loss, rgb_l1)
 
 
@@ -131,3 +131,76 @@ def test_disparity_terms_train_a_freshly_inflated_depth_channel():
     terms["total"].backward()
     grads = [p.grad for p in student.decoder.conv_out.parameters() if p.grad is not None]
     assert grads and sum(g.abs().sum() for g in grads) > 0
+
+
+def _boundary_np(p, t, v, thr):
+    """Independent loop version of boundary_loss on one (H, W) frame."""
+    h, w = t.shape
+    edge = np.zeros((h, w), bool)
+    for i in range(h):
+        for j in range(w):
+            for di, dj in ((0, 1), (1, 0)):
+                a, b = i + di, j + dj
+                if a < h and b < w and v[i, j] and v[a, b] and abs(t[a, b] - t[i, j]) > thr:
+                    edge[i, j] = edge[a, b] = True
+    band = np.zeros_like(edge)
+    for i in range(h):
+        for j in range(w):
+            band[i, j] = v[i, j] and edge[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].any()
+    r = np.where(v, p - t, 0.0)
+    g, n = 0.0, 0
+    for i in range(h):
+        for j in range(w):
+            for di, dj in ((0, 1), (1, 0)):
+                a, b = i + di, j + dj
+                if a < h and b < w and v[i, j] and v[a, b] and (band[i, j] or band[a, b]):
+                    g += abs(r[a, b] - r[i, j])
+                    n += 1
+    if not band.any():
+        return 0.0
+    return np.abs(r[band]).mean() + g / max(n, 1)
+
+
+def test_boundary_loss_matches_a_loop_version_and_ignores_flat_regions():
+    rng = np.random.default_rng(3)
+    t = np.zeros((12, 14))
+    t[:, 7:] = 1.0                      # one vertical depth edge
+    t[2:5, 2:4] = -0.6                  # and a small near box
+    p = t + 0.2 * rng.standard_normal(t.shape)
+    v = rng.random(t.shape) > 0.1
+    got = boundary_loss(torch.tensor(p), torch.tensor(t), torch.tensor(v))
+    assert got.item() == pytest.approx(_boundary_np(p, t, v, 0.1), rel=1e-6)
+    # errors far from every edge cost nothing; the same error on an edge does
+    far = t.copy()
+    far[10, 1] += 3.0
+    assert boundary_loss(torch.tensor(far), torch.tensor(t)).item() == 0.0
+    near = t.copy()
+    near[6, 7] += 3.0
+    assert boundary_loss(torch.tensor(near), torch.tensor(t)).item() > 0.1
+    assert boundary_loss(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)).item() == 0.0
+
+
+def test_boundary_loss_gradient_sharpens_a_blurred_edge():
+    t = torch.zeros(1, 16, 16)
+    t[..., 8:] = 1.0
+    blurred = torch.nn.functional.avg_pool2d(t[None], 5, 1, 2, count_include_pad=False)[0]
+    p = blurred.clone().requires_grad_()
+    before = boundary_loss(p, t)
+    before.backward()
+    with torch.no_grad():
+        after = boundary_loss(p - 0.5 * p.grad / p.grad.abs().max(), t)
+    assert after < before
+    with pytest.raises(ValueError, match="threshold"):
+        boundary_loss(p, t, threshold=0.0)
+
+
+def test_tokenizer_loss_adds_the_boundary_term_when_weighted():
+    teacher = VideoTokenizer("tiny").eval()
+    student = inflate_to_rgbd(teacher)
+    x = torch.rand(1, 4, 9, 16, 16) * 2 - 1
+    out = student(x)
+    plain = TokenizerLoss(LossWeights(distill=0.0))(out.reconstruction, x)
+    edged = TokenizerLoss(LossWeights(distill=0.0, boundary=2.0))(out.reconstruction, x)
+    assert "boundary" not in plain and "boundary" in edged
+    want = plain["total"] + 2.0 * boundary_loss(out.reconstruction[:, 3], x[:, 3])
+    assert edged["total"].item() == pytest.approx(want.item(), rel=1e-5)
