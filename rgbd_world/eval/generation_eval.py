@@ -14,18 +14,26 @@
 * Text -> RGBD coherence: the generated RGB is depthified (RGB video -> RGBD mode) and that depth
   is compared with the generated depth (AbsRel after alignment): low means the depth explains
   the RGB.
+* Prompt adherence (text mode, :mod:`.prompt_adherence`): each text-generated video is checked
+  against the scene its caption describes (stored with the clip in the shards): the named
+  colours are present (``adherence_presence``), pairs are in the true left/right or
+  front/behind order (``adherence_place``), moving objects move the true way
+  (``adherence_motion``), all checks together (``adherence``); the same scored against another
+  clip's scene (``*_shuffled``) is the chance level. Needs ``num_clips >= 2``.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import rgbd_kernels as rk
 
 from .depth_protocols import video_depth_metrics
 from .metrics import disparity_metrics
+from .prompt_adherence import prompt_adherence
 from .tokenizer_eval import PROCEDURAL_MAX_DEPTH
 
 
@@ -42,14 +50,30 @@ def _tae(depth: torch.Tensor, K: torch.Tensor, poses: torch.Tensor) -> float:
     return sum(errs) / max(len(errs), 1)
 
 
+def _clip_scene(ds, index: int) -> dict:
+    """The scene dict stored in the shard meta of clip ``index`` of ``ds`` (a procedural
+    shard dataset, as :func:`rgbd_world.data.generate_dataset` writes it)."""
+    source = ds.clips[index]
+    with np.load(source.path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+    for entry in meta["clips"]:
+        if entry["name"] == source.name and "scene" in entry:
+            return entry["scene"]
+    raise ValueError(f"{source.source}: no scene stored in the shard meta")
+
+
 def evaluate_generation(pipe, num_clips: int = 4, steps: int = 10, seed: int = 12345,
                         data_dir: str | Path | None = None, text_mode: bool = True) -> dict[str, float]:
     from tqdm.auto import tqdm
 
     from rgbd_world.data import RGBDVideoDataset, generate_dataset
-    from rgbd_world.validation import check_int, check_seed
+    from rgbd_world.validation import InvalidArgument, check_int, check_seed
 
     check_int("num_clips", num_clips, 1)   # checked before any clip is rendered
+    if text_mode and num_clips < 2:
+        raise InvalidArgument("num_clips", num_clips, "an integer >= 2 with text_mode (prompt "
+                              "adherence's chance level scores each video against another "
+                              "clip's scene)")
     check_int("steps", steps, 1)
     check_seed(seed)
     d = pipe.defaults
@@ -59,6 +83,7 @@ def evaluate_generation(pipe, num_clips: int = 4, steps: int = 10, seed: int = 1
     ds = RGBDVideoDataset(data_dir, frames=d["num_frames"], size=(d["height"], d["width"]),
                           augment=False, temporal_compression=pipe.tokenizer.temporal_compression)
     sums: dict[str, float] = {}
+    videos, scenes = [], []
     n = min(num_clips, len(ds))
     for i in tqdm(range(n), desc="eval-generation"):
         clip = ds[i]
@@ -90,8 +115,14 @@ def evaluate_generation(pipe, num_clips: int = 4, steps: int = 10, seed: int = 1
             shift = torch.minimum(ref.min(), redo.disparity.min()) - 0.1
             coh = rk.abs_rel(1.0 / (ref - shift), 1.0 / (redo.disparity - shift))
             values["text_coherence_abs_rel"] = coh.item()
+            videos.append((gen.rgb, gen.disparity))
+            scenes.append(_clip_scene(ds, clip["index"]))
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
-    return {k: v / n for k, v in sums.items()} | {"clips": n, "steps": steps}
+    result = {k: v / n for k, v in sums.items()} | {"clips": n, "steps": steps}
+    if text_mode:
+        frames, height, width = videos[0][0].shape[:3]
+        result |= prompt_adherence(videos, scenes, frames, height, width, seed=seed)
+    return result
 
 

@@ -13,12 +13,19 @@ component is the mean of its indicators (NaN when the scene offers none):
   scaled by its best brightness factor in [0.25, 1.2] (Lambertian shading: the sampler's
   ambient term is >= 0.25); a pixel further than 0.12 (RGB units in [0, 1]) from every scaled
   colour, or with fewer than 2 of its 4 neighbours in its class (speckle, noise), is
-  unclassified. An object is present when its main ``texture.color`` covers at least
-  ``max(4 px, 25% of its true mean visible area)`` in at least half the frames (a textured
-  object's ``color2`` is not counted). Objects whose true visible area is below that in more
-  than half the frames (too small or hidden at this size) are not checked.
-- ``place``: for each pair of checked objects, the axis along which they differ more in the
-  first frame's camera coordinates (as the caption's relation: left/right or in front/behind);
+  unclassified. Only the main ``texture.color`` counts (a textured object's ``color2`` does
+  not). The object's "shown area" in a frame is the number of pixels of the true render, inside
+  its true mask, classified as that colour (textures, shading and occlusion lower it below the
+  visible area: at 32x32 a checkered object's cells are sub-pixel). An object is present when
+  the generated pixels of its colour (anywhere in the frame) cover at least
+  ``max(3 px, 50% of its true mean shown area)`` in at least half the frames. Objects whose
+  true shown area is below that minimum in more than half the frames (too small, hidden, or a
+  texture that hides the main colour at this size) are not checked, by any component: a
+  check the true render itself fails would only measure the resolution. Consequently the
+  true render scores 1 on presence by construction; place and motion compare the generated
+  colour masks with the true geometry, so they are not.
+- ``place``: for each pair of checked objects that the true render shows in the first frame,
+  the axis along which their centres differ more in the first frame's camera coordinates (as the caption's relation: left/right or in front/behind);
   left/right: the order of the generated colour-mask centroids' columns must match the truth's
   (the true masks' centroids); front/behind: the order of the generated disparity averaged in
   each colour mask (larger = nearer) must match the true order. Generated masks are taken at the
@@ -102,7 +109,8 @@ class _Reference:
         self.scene, self.n = scene, n
         self.names, self.colors = _class_colors(scene)
         self.cls = [self.names.index(o["texture"]["color"]) for o in scene["objects"]]
-        disp = torch.where(torch.isfinite(depth) & (depth > 0), 1.0 / depth, torch.zeros_like(depth))
+        hit = torch.isfinite(depth) & (depth > 0)
+        disp = torch.where(hit, 1.0 / depth, torch.zeros_like(depth))
         masks = torch.stack([ids == 2 + j for j in range(n)], 1) if n else \
             torch.zeros(frames, 0, height, width, dtype=torch.bool)       # (T, N, H, W)
         area = masks.sum((2, 3)).float()                                   # (T, N)
@@ -149,7 +157,8 @@ def _as_tensor(name: str, value, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _check_size(frames, height, width) -> tuple[int, int, int]:
-    return check_int("frames", frames, 1), check_int("height", height, 1), check_int("width", width, 1)
+    return (check_int("frames", frames, 1), check_int("height", height, 1),
+            check_int("width", width, 1))
 
 
 def _check_scene(name: str, scene) -> dict:
