@@ -25,13 +25,14 @@ component is the mean of its indicators (NaN when the scene offers none):
   true render scores 1 on presence by construction; place and motion compare the generated
   colour masks with the true geometry, so they are not.
 - ``place``: for each pair of checked objects that the true render shows in the first frame,
-  the axis along which their centres differ more in the first frame's camera coordinates (as the caption's relation: left/right or in front/behind);
-  left/right: the order of the generated colour-mask centroids' columns must match the truth's
-  (the true masks' centroids); front/behind: the order of the generated disparity averaged in
-  each colour mask (larger = nearer) must match the true order. Generated masks are taken at the
-  first frame of the first half where both reach their minimum area. Pairs the truth cannot
-  call (centroids < 8% of the width apart, or mean true disparities within 10%) are skipped.
-  An object absent from the generation scores 0 for its pairs.
+  the axis along which their centres differ more in the first frame's camera coordinates (as
+  the caption's relation: left/right or in front/behind). Left/right: the order of the
+  generated colour masks' centroid columns must match that of the true masks' centroids;
+  front/behind: the order of the generated disparity averaged in each colour mask (larger =
+  nearer) must match that of the true disparity averaged in the true masks. Generated masks
+  are taken at the first frame of the first half where both reach their minimum area. Pairs
+  the truth cannot call (centroids < 8% of the width apart, or mean true disparities within
+  10%) are skipped. An object absent from the generation scores 0 for its pairs.
 - ``motion``: for each checked object whose true mask centroid moves more than 8% of the width
   horizontally (mean column over the present frames of the last third of the clip minus that
   of the first third; camera motion included: it is image-space motion), the generated colour
