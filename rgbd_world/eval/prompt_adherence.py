@@ -22,8 +22,8 @@ component is the mean of its indicators (NaN when the scene offers none):
   true shown area is below that minimum in more than half the frames (too small, hidden, or a
   texture that hides the main colour at this size) are not checked, by any component: a
   check the true render itself fails would only measure the resolution. Consequently the
-  true render scores 1 on presence by construction; place and motion compare the generated
-  colour masks with the true geometry, so they are not.
+  true render scores (nearly: 8-bit rounding can tip a borderline object) 1 on presence by
+  construction; place and motion compare the generated colour masks with the true geometry.
 - ``place``: for each pair of checked objects that the true render shows in the first frame,
   the axis along which their centres differ more in the first frame's camera coordinates (as
   the caption's relation: left/right or in front/behind). Left/right: the order of the
