@@ -96,7 +96,7 @@ def dit_command(args, name: str) -> list[str]:
 def run(cmd: list[str], log: Path, threads: int) -> None:
     """Run one training command (skipped when its run already exported a model)."""
     out_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("run.out_dir=")))
-    if (out_dir / "exported" / "config.json").is_file():
+    if (out_dir / "exported").is_dir() and any((out_dir / "exported").iterdir()):
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.time()
