@@ -84,13 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     generation_args(dep)
     dep.add_argument("--video", required=True, help="RGB video file (mp4, gif, ...)")
     dep.set_defaults(func=_generate, image=None)
-    evg = sub.add_parser("eval-generation", help="depth accuracy, TAE and RGB-depth coherence "
-                         "of a pipeline on held-out procedural clips")
+    evg = sub.add_parser("eval-generation", help="depth accuracy, TAE, RGB-depth coherence and "
+                         "prompt adherence (against its shuffled-caption chance level) of a "
+                         "pipeline on held-out procedural clips")
     evg.add_argument("--pipeline", default=DEFAULT_PIPELINE_NAME)
     evg.add_argument("--num-clips", type=int, default=4)
     evg.add_argument("--steps", type=int, default=10)
     evg.add_argument("--data", default=None, help="where to render the held-out clips")
-    evg.add_argument("--no-text-mode", action="store_true", help="skip the text-mode coherence")
+    evg.add_argument("--seed", type=int, default=12345,
+                     help="seed of the held-out clips (and of the caption shuffle)")
+    evg.add_argument("--no-text-mode", action="store_true",
+                     help="skip text mode (coherence and prompt adherence)")
     evg.set_defaults(func=_eval_generation)
     demo = sub.add_parser("demo", help="make data, train the tiny tokenizers and DiT on CPU, "
                           "generate an RGBD video into outputs/")
@@ -161,13 +165,16 @@ def _eval_generation(args: argparse.Namespace) -> int:
 
     from rgbd_world.eval.generation_eval import evaluate_generation
 
-    check_int("num_clips", args.num_clips, 1)
+    # text mode scores adherence against other clips' captions: it needs two clips or more
+    check_int("num_clips", args.num_clips, 1 if args.no_text_mode else 2)
     check_int("steps", args.steps, 1)
+    check_seed(args.seed)
     if args.data is not None:
         check_output_dir("data", args.data)
     pipe = _load_pipeline(args)
     metrics = evaluate_generation(pipe, num_clips=args.num_clips, steps=args.steps,
-                                  data_dir=args.data, text_mode=not args.no_text_mode)
+                                  seed=args.seed, data_dir=args.data,
+                                  text_mode=not args.no_text_mode)
     for key, value in metrics.items():
         print(f"{key:24s} {value:.4f}" if isinstance(value, float) else f"{key:24s} {value}")
     print(json.dumps(metrics))

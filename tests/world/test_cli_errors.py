@@ -82,6 +82,8 @@ CASES = [
     (["eval-tokenizer", "--run", "{in}", "--num-clips", "0"], "--num-clips", "0"),
     (["eval-generation", "--num-clips", "0", "--data", "{out}"], "--num-clips", "0"),
     (["eval-generation", "--steps", "0", "--data", "{out}"], "--steps", "0"),
+    (["eval-generation", "--num-clips", "1", "--data", "{out}"], "--num-clips", "1"),
+    (["eval-generation", "--seed", "-3", "--data", "{out}"], "--seed", "-3"),
     (["demo", "--steps", "0", "--out", "{out}"], "--steps", "0"),
     (["cache-latents", "--tokenizer", "x", "--data", "{in}/empty_data", "--out", "{out}"],
      "--data", "empty_data"),
