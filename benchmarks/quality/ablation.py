@@ -6,7 +6,7 @@ Trains, at one equal budget each, on the same procedural RGB-D clips:
   RGBD variant is compared against);
 * ``a``: the shared latent, distilled against the RGB teacher (the original design);
 * ``b4`` / ``b8``: ``a`` plus 4 / 8 latent channels reserved for geometry;
-* ``c``: ``a`` plus the boundary-aware disparity loss (``loss.boundary``);
+* ``c`` / ``c5``: ``a`` plus the boundary-aware disparity loss (``loss.boundary`` 1 / 5);
 * ``d``: ``a`` with the 4x8x8 tokenizer (temporal compression 4, its own 4x8x8 RGB teacher);
 * ``e``: the combination given by ``--combo`` (default: geometry channels, boundary loss, 4x8x8).
 
@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict] = {
     "b4": {"about": "a + 4 geometry latent channels", "geometry_channels": 4},
     "b8": {"about": "a + 8 geometry latent channels", "geometry_channels": 8},
     "c": {"about": "a + boundary-aware disparity loss", "boundary": 1.0},
+    "c5": {"about": "a + boundary-aware disparity loss at weight 5", "boundary": 5.0},
     "d": {"about": "a at 4x8x8 (temporal compression 4)", "preset": "tiny-4x8x8"},
 }
 TEACHERS = {"tiny": "rgb-8x8x8", "tiny-4x8x8": "rgb-4x8x8"}
