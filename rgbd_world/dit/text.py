@@ -142,6 +142,27 @@ def minilm_model_dir() -> Path:
     return path
 
 
+class _NoLoadingBars:
+    """Hide transformers' "Loading weights" progress bar while a frozen encoder loads (it would
+    land in every command's stderr); the caller's setting is restored afterwards."""
+
+    def __enter__(self):
+        try:
+            from transformers.utils import logging as hf_logging
+        except ImportError:
+            self.hf = None
+            return self
+        self.hf = hf_logging
+        self.was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        if self.hf is not None and self.was_enabled:
+            self.hf.enable_progress_bar()
+        return False
+
+
 class MiniLMTextEncoder(_FrozenEncoder):
     """all-MiniLM-L6-v2 token embeddings (384-d, up to 256 tokens), frozen.
 
@@ -178,15 +199,18 @@ class MiniLMTextEncoder(_FrozenEncoder):
         if backend == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
 
-            self.st = SentenceTransformer(str(path), device=str(device)).eval()
+            with _NoLoadingBars():
+                self.st = SentenceTransformer(str(path), device=str(device)).eval()
             self.st.max_seq_length = self.max_len
             self.model = self.st
             self._prep = getattr(self.st, "preprocess", None) or self.st.tokenize  # renamed in v6
         else:
             from transformers import AutoModel, AutoTokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(path), local_files_only=True).eval().to(device)
+            with _NoLoadingBars():
+                self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+                self.model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+            self.model.to(device)
         self.model.requires_grad_(False)
         self.dim = 384
         self.name = "minilm"
@@ -238,10 +262,11 @@ class HFTextEncoder(_FrozenEncoder):
         self.name = str(Path(path).expanduser().resolve())
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         auto = getattr(transformers, "AutoModelForTextEncoding", None)  # T5 -> T5EncoderModel
-        try:
-            model = (auto or AutoModel).from_pretrained(self.path, local_files_only=True)
-        except ValueError:  # an architecture AutoModelForTextEncoding does not map
-            model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        with _NoLoadingBars():
+            try:
+                model = (auto or AutoModel).from_pretrained(self.path, local_files_only=True)
+            except ValueError:  # an architecture AutoModelForTextEncoding does not map
+                model = AutoModel.from_pretrained(self.path, local_files_only=True)
         if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
             model = model.get_encoder()
         self.model = model.eval().to(device)

@@ -32,7 +32,8 @@ def test_pipeline_is_deterministic_and_round_trips(pipe, tmp_path):
     c = pipe(prompt="a red sphere", steps=3, seed=8, progress=False)
     assert torch.equal(a.rgb, b.rgb) and torch.equal(a.disparity, b.disparity)
     assert not torch.equal(a.latents, c.latents)
-    assert a.rgb.shape == (9, 32, 32, 3) and a.disparity.shape == a.depth.shape == (9, 32, 32)
+    t, h, w = pipe.defaults["num_frames"], pipe.defaults["height"], pipe.defaults["width"]
+    assert a.rgb.shape == (t, h, w, 3) and a.disparity.shape == a.depth.shape == (t, h, w)
     assert 0 <= a.rgb.min() and a.rgb.max() <= 1 and (a.depth >= 1).all() and (a.depth <= 10).all()
     pipe.save_pretrained(tmp_path / "p")
     again = RGBDPipeline.from_pretrained(tmp_path / "p")(prompt="a red sphere", steps=3, seed=7,
@@ -50,7 +51,7 @@ def test_continuation_frames_come_back_unchanged(pipe):
 
 def test_image_and_video_conditioning_change_the_result(pipe):
     rng = np.random.default_rng(0)
-    video = (rng.random((9, 40, 48, 3)) * 255).astype(np.uint8)
+    video = (rng.random((pipe.defaults["num_frames"], 40, 48, 3)) * 255).astype(np.uint8)
     base = pipe(prompt="", steps=2, seed=0, progress=False)
     img = pipe(prompt="", image=video[0], steps=2, seed=0, progress=False)
     vid = pipe(prompt="", video=video, steps=2, seed=0, progress=False)
@@ -65,7 +66,7 @@ def test_cli_generate_writes_every_promised_file(tmp_path):
     out = tmp_path / "gen"
     r = subprocess.run([sys.executable, "-m", "rgbd_world.cli", "generate", "--prompt",
                         "a red sphere rolls left", "--out", str(out), "--steps", "3",
-                        "--ply-frame", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "--frames", "9", "--height", "32", "--width", "32", "--ply-frame", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     import imageio.v3 as iio
     from PIL import Image
@@ -84,7 +85,8 @@ def test_cli_generate_writes_every_promised_file(tmp_path):
     assert n == len(body) == 32 * 32 and len(body[0].split()) == 6
     # depthify: the RGB video -> RGBD mode from a file
     r2 = subprocess.run([sys.executable, "-m", "rgbd_world.cli", "depthify", "--video",
-                         str(out / "rgbd.mp4"), "--out", str(tmp_path / "dep"), "--steps", "2"],
+                         str(out / "rgbd.mp4"), "--out", str(tmp_path / "dep"), "--steps", "2",
+                         "--frames", "9"],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert (tmp_path / "dep" / "rgbd.npz").exists()
@@ -92,12 +94,12 @@ def test_cli_generate_writes_every_promised_file(tmp_path):
 
 def test_cli_eval_generation_reports_metrics(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rgbd_world.cli", "eval-generation", "--num-clips",
-                        "1", "--steps", "2", "--data", str(tmp_path / "d")], cwd=ROOT,
+                        "2", "--steps", "2", "--data", str(tmp_path / "d")], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads(r.stdout.strip().splitlines()[-1])
     assert {"video_abs_rel", "video_delta1", "tae", "tae_ground_truth",
-            "text_coherence_abs_rel"} <= set(m)
+            "text_coherence_abs_rel", "adherence", "adherence_shuffled"} <= set(m)
     assert 0 <= m["video_delta1"] <= 1 and m["video_abs_rel"] >= 0
 
 
