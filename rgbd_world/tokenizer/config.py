@@ -155,6 +155,8 @@ PRESETS: dict[str, TokenizerConfig] = {
     "small": TokenizerConfig(name="small", channels=64, attn_resolutions=(16,), resolution=128),
     "tiny": TokenizerConfig(name="tiny", channels=16, channels_mult=(1, 2, 2), num_res_blocks=1,
                             attn_resolutions=(8,), resolution=64),
+    "mini": TokenizerConfig(name="mini", channels=48, channels_mult=(1, 1, 2), num_res_blocks=1,
+                            attn_resolutions=(8,), resolution=64),
     "tiny-4x8x8": TokenizerConfig(name="tiny-4x8x8", channels=16, channels_mult=(1, 2, 2),
                                   decoder_channels_mult=(1, 2), num_res_blocks=1,
                                   attn_resolutions=(8,), resolution=64, temporal_compression=4),

@@ -95,13 +95,15 @@ def test_wrong_kind_or_version_says_expected_and_found(tmp_path):
 
 
 def test_shipped_pipeline_has_one_name(tmp_path, monkeypatch):
-    from rgbd_world.package_data import shipped_configs, shipped_pipelines
+    from rgbd_world.package_data import shipped_configs, shipped_pipeline, shipped_pipelines
     from rgbd_world.pipeline import RGBDPipeline
 
     assert "tiny-rgbd" in shipped_pipelines() and "tiny-cpu" in shipped_configs()
     monkeypatch.chdir(tmp_path)                       # found inside the package, not the cwd
     pipe = RGBDPipeline.from_pretrained("tiny-rgbd")
-    assert pipe.text_encoder_name == pipe.denoiser.text_encoder_name == "minilm"
+    assert pipe.text_encoder_name == pipe.denoiser.text_encoder_name
+    assert pipe.text_encoder_name == json.loads(
+        (shipped_pipeline("tiny-rgbd") / "pipeline.json").read_text())["text_encoder"]
 
 
 def _tokenizer_run(path, model):
