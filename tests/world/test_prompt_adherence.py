@@ -97,13 +97,29 @@ def test_a_mirrored_video_loses_place_and_motion(truth):
     assert mean(mirrored, "adherence") < mean(true, "adherence")
 
 
+class RoundTrip(torch.nn.Module):
+    """A stand-in RGBD tokenizer: gives the input back, or (``grey``) its RGB turned grey."""
+
+    temporal_compression = 8
+
+    def __init__(self, grey=False):
+        super().__init__()
+        self.grey = grey
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        if self.grey:
+            x = torch.cat([x[:, :3].mean(1, keepdim=True).expand(-1, 3, -1, -1, -1), x[:, 3:]], 1)
+        return SimpleNamespace(reconstruction=x)
+
+
 class TextOraclePipe:
     """Text mode: returns the clip whose caption is the prompt (RGB in [0, 1] and its true
     disparity). Video mode: the true disparity of the dataset clip the video came from."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, grey_tokenizer=False):
         self.defaults = {"num_frames": T, "height": H, "width": W}
-        self.tokenizer = SimpleNamespace(temporal_compression=8)
+        self.tokenizer = RoundTrip(grey_tokenizer)
         self.data_dir = data_dir
 
     def __call__(self, prompt="", video=None, num_inference_steps=1, generator=None,
@@ -132,6 +148,18 @@ def test_evaluate_generation_reports_adherence_above_chance(tmp_path):
     assert out["adherence"] >= 0.85, out
     assert out["adherence"] >= out["adherence_shuffled"] + 0.3, out
     assert out["adherence_presence"] >= 0.85, out
+    # the true clips, and their round trip through a lossless tokenizer, adhere as well
+    assert out["adherence_ground_truth"] >= 0.85, out
+    assert out["adherence_tokenizer_ceiling"] == pytest.approx(out["adherence_ground_truth"],
+                                                               abs=0.05), out
+
+
+def test_a_tokenizer_that_loses_colour_caps_adherence(tmp_path):
+    data = tmp_path / "data"
+    out = evaluate_generation(TextOraclePipe(data, grey_tokenizer=True), num_clips=4, steps=1,
+                              data_dir=data, text_mode=True)
+    assert out["adherence_ground_truth"] >= 0.85, out
+    assert out["adherence_tokenizer_ceiling"] <= out["adherence_shuffled"] + 0.1, out
 
 
 @pytest.mark.parametrize("call, name", [
