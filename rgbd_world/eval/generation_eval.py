@@ -54,7 +54,7 @@ def _tae(depth: torch.Tensor, K: torch.Tensor, poses: torch.Tensor) -> float:
     return sum(errs) / max(len(errs), 1)
 
 
-def _clip_scene(ds, index: int) -> dict:
+def clip_scene(ds, index: int) -> dict:
     """The scene dict stored in the shard meta of clip ``index`` of ``ds`` (a procedural
     shard dataset, as :func:`rgbd_world.data.generate_dataset` writes it)."""
     source = ds.clips[index]
@@ -130,7 +130,7 @@ def evaluate_generation(pipe, num_clips: int = 4, steps: int = 10, seed: int = 1
             coh = rk.abs_rel(1.0 / (ref - shift), 1.0 / (redo.disparity - shift))
             values["text_coherence_abs_rel"] = coh.item()
             videos.append((gen.rgb, gen.disparity))
-            scenes.append(_clip_scene(ds, clip["index"]))
+            scenes.append(clip_scene(ds, clip["index"]))
             truth_videos.append((((clip["rgb"].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1),
                                  rk.depth_to_disparity(clip["depth"][0])[0]))
             recon_videos.append(_round_trip(pipe.tokenizer, clip))
