@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality" / "ablation.py"
@@ -38,3 +39,23 @@ def test_ablation_rejects_unknown_variants_and_combo_keys(tmp_path):
         r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "x")] + extra,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and msg in r.stderr, r.stderr
+
+
+def test_readme_picture_script_writes_both_pictures(tmp_path):
+    from PIL import Image
+
+    script = SCRIPT.parent / "readme_picture.py"
+    out, trip = tmp_path / "strip.png", tmp_path / "trip.png"
+    r = subprocess.run([sys.executable, str(script), "--out", str(out), "--steps", "1",
+                        "--prompt", "a red ball", "--prompt", "a blue box", "--scale", "2",
+                        "--round-trip", str(trip), "--round-trip-clips", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from rgbd_world.pipeline import RGBDPipeline
+
+    d = RGBDPipeline.from_pretrained("tiny-rgbd").defaults
+    h, w = d["height"], d["width"]
+    strip = np.array(Image.open(out))
+    # 2 rows (prompts) of 3 frames, each RGB | disparity, 2-pixel gaps, upscaled 2x
+    assert strip.shape == (2 * (2 * h + 2), 2 * (3 * 2 * w + 4), 3)
+    assert np.array(Image.open(trip)).shape == (2 * (2 * h + 2), 2 * (4 * w + 2), 3)
