@@ -41,9 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_make_data_parser(sub)
     add_cache_latents_parser(sub)
     add_pseudo_label_parser(sub)
-    ev = sub.add_parser("eval-tokenizer", help="PSNR/SSIM and depth AbsRel/delta1/boundary F1 "
-                        "of a tokenizer training run on held-out clips")
-    ev.add_argument("--run", required=True, help="run directory of train.py --stage tokenizer[-rgb]")
+    ev = sub.add_parser("eval-tokenizer", help="PSNR/SSIM, depth AbsRel/delta1/boundary F1 and "
+                        "agreement with the RGB teacher of a tokenizer (a training run, or a "
+                        "pipeline's) on held-out clips")
+    which = ev.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="run directory of train.py --stage tokenizer[-rgb]")
+    which.add_argument("--pipeline", help="a saved pipeline directory or a shipped pipeline's "
+                       "name: its RGBD tokenizer, against its RGB tokenizer, at its default size")
     ev.add_argument("--data", default=None, help="dataset directory (default: fresh procedural clips)")
     ev.add_argument("--num-clips", type=int, default=16)
     ev.add_argument("--device", default="cpu")
@@ -209,6 +213,35 @@ def _export_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_pipeline_tokenizer(args: argparse.Namespace) -> dict:
+    """A saved pipeline's RGBD tokenizer on held-out procedural clips at its default size
+    (seed 100003, which no shipped training used), with its RGB tokenizer as the teacher, and
+    that RGB tokenizer's own PSNR/SSIM on the same clips."""
+    import tempfile
+
+    from rgbd_world.data import RGBDVideoDataset, generate_dataset
+    from rgbd_world.eval import evaluate_tokenizer
+
+    pipe = _load_pipeline(args)
+    d = pipe.defaults
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data
+        if data is None:
+            data = Path(tmp) / "clips"
+            generate_dataset(data, args.num_clips, frames=d["num_frames"], height=d["height"],
+                             width=d["width"], seed=100_003, progress=False)
+        ds = RGBDVideoDataset(data, frames=d["num_frames"], size=(d["height"], d["width"]),
+                              augment=False,
+                              temporal_compression=pipe.tokenizer.temporal_compression)
+        metrics = evaluate_tokenizer(pipe.tokenizer, ds, device=args.device,
+                                     max_clips=args.num_clips, teacher=pipe.rgb_tokenizer)
+        rgb_only = evaluate_tokenizer(pipe.rgb_tokenizer, ds, device=args.device,
+                                      max_clips=args.num_clips, progress=False)
+    # the RGB-only tokenizer of the same pipeline on the same clips, for the PSNR comparison
+    return metrics | {"rgb_tokenizer_psnr": rgb_only["psnr"],
+                      "rgb_tokenizer_ssim": rgb_only["ssim"]}
+
+
 def _eval_tokenizer(args: argparse.Namespace) -> int:
     import json
 
@@ -216,13 +249,19 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
 
     check_int("num_clips", args.num_clips, 1)
     check_device(args.device)
+    if args.data is not None and not Path(args.data).is_dir():
+        raise InvalidArgument("data", args.data, "a dataset directory", "no such directory")
+    if args.pipeline is not None:
+        metrics = _eval_pipeline_tokenizer(args)
+        for key, value in metrics.items():
+            print(f"{key:12s} {value:.4f}" if isinstance(value, float) else f"{key:12s} {value}")
+        print(json.dumps(metrics))
+        return 0
     run = Path(args.run)
     if not (run / "config.json").is_file():
         raise InvalidArgument("run", args.run, "a run directory of train.py --stage "
                               "tokenizer[-rgb]", "no such directory" if not run.exists()
                               else "it has no config.json")
-    if args.data is not None and not Path(args.data).is_dir():
-        raise InvalidArgument("data", args.data, "a dataset directory", "no such directory")
     metrics = evaluate_run(args.run, args.data, args.num_clips, args.device, ema=not args.no_ema)
     for key, value in metrics.items():
         print(f"{key:12s} {value:.4f}" if isinstance(value, float) else f"{key:12s} {value}")

@@ -1,5 +1,6 @@
 """Evaluate a tokenizer training run on held-out clips (``rgbd-world eval-tokenizer --run``):
-the run's newest checkpoint through :func:`rgbd_world.eval.evaluate_tokenizer`."""
+the run's newest checkpoint through :func:`rgbd_world.eval.evaluate_tokenizer` (an RGBD run with a
+teacher also reports its latent's agreement with that teacher)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from rgbd_world.eval.tokenizer_eval import evaluate_tokenizer
 
-from .run_models import load_tokenizer
+from .run_models import load_rgb_tokenizer, load_tokenizer, run_teacher
 
 __all__ = ["evaluate_run"]
 
@@ -41,4 +42,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
                          seed=cfg["run"]["seed"] + 100_003, progress=False)
     dataset = RGBDVideoDataset(data, frames=d["frames"], size=(d["height"], d["width"]),
                                augment=False, temporal_compression=model.config.temporal_compression)
-    return evaluate_tokenizer(model, dataset, device=device, max_clips=num_clips)
+    teacher = None
+    if model.config.in_channels >= 4 and run_teacher(run):
+        teacher = load_rgb_tokenizer(run, device=device)      # latent agreement with it
+    return evaluate_tokenizer(model, dataset, device=device, max_clips=num_clips, teacher=teacher)

@@ -218,3 +218,17 @@ def test_output_sets_are_validated_first_and_replaced_whole(pipe, tmp_path, monk
     with pytest.raises(InvalidArgument, match="notes.txt"):
         export.write_outputs(short, out)
     assert (out / "notes.txt").exists()
+
+
+def test_cli_eval_tokenizer_of_a_pipeline_reports_teacher_agreement_and_rgb_only_psnr(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "rgbd_world.cli", "eval-tokenizer", "--pipeline",
+                        "tiny-rgbd", "--num-clips", "2"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    assert m["clips"] == 2 and 0 < m["teacher_cosine"] <= 1 and m["teacher_rel_mse"] >= 0
+    assert m["rgb_tokenizer_psnr"] > 10 and m["psnr"] > 10 and 0 <= m["boundary_recall"] <= 1
+    both = subprocess.run([sys.executable, "-m", "rgbd_world.cli", "eval-tokenizer", "--pipeline",
+                           "tiny-rgbd", "--run", str(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
