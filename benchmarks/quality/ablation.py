@@ -160,6 +160,7 @@ def _adherence_ceiling(model, ds) -> dict:
     clips, and the shuffled-caption chance level): the most a DiT on these latents can reach."""
     import torch
 
+    import rgbd_kernels as rk
     from rgbd_world.eval import prompt_adherence
     from rgbd_world.eval.generation_eval import clip_scene
 
@@ -167,8 +168,13 @@ def _adherence_ceiling(model, ds) -> dict:
     with torch.no_grad():
         for i in range(len(ds)):
             clip = ds[i]
-            out = model(torch.cat([clip["rgb"], clip["disparity"]])[None]).reconstruction[0]
-            recon.append((((out[:3].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1), out[3]))
+            if model.config.in_channels >= 4:
+                out = model(torch.cat([clip["rgb"], clip["disparity"]])[None]).reconstruction[0]
+                disparity = out[3]
+            else:           # an RGB-only tokenizer: its colours with the true disparity
+                out = model(clip["rgb"][None]).reconstruction[0]
+                disparity = rk.depth_to_disparity(clip["depth"][0])[0]
+            recon.append((((out[:3].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1), disparity))
             scenes.append(clip_scene(ds, clip["index"]))
     t, h, w = recon[0][0].shape[:3]
     got = prompt_adherence(recon, scenes, t, h, w)
