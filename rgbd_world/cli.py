@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prompt", default="", help="text prompt")
         p.add_argument("--out", default=f"outputs/{p.prog.split()[-1]}",
                        help="output directory (replaced by the new set; default: %(default)s)")
-        p.add_argument("--frames", type=int, default=None, help="1 + 8k frames")
+        p.add_argument("--frames", type=int, default=None,
+                       help="frames: 1 + k x the tokenizer's temporal compression (default: the "
+                       "pipeline's)")
         p.add_argument("--height", type=int, default=None)
         p.add_argument("--width", type=int, default=None)
         p.add_argument("--steps", type=int, default=None, help="solver steps")
