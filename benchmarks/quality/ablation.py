@@ -21,7 +21,7 @@ clips after the variant's encode/decode round trip, beside its shuffled-caption 
 a DiT generating in these latents can reach at most. ``boundary_f1_t005``: boundary F1 at a 5%
 disparity jump (the standard threshold is 10%): a blurred edge passes it, a missing one does not.
 
-Usage (the README's table came from the first line; about 70 minutes on 2 CPU cores)::
+Usage (the README's table came from the first line; about 50 minutes on 2 CPU cores)::
 
     python benchmarks/quality/ablation.py --out runs/ablation
     python benchmarks/quality/ablation.py --out /tmp/abl --steps 20 --dit-steps 5 --train-clips 8 \\
@@ -127,55 +127,57 @@ def evaluate(args, name: str, variant: dict | None) -> dict:
     with torch.no_grad():
         metrics = evaluate_tokenizer(model, ds, teacher=teacher, progress=False)
     if variant is not None:
-        metrics["boundary_f1_t005"] = _boundary_f1_at(model, ds, 0.05)
-        metrics |= _adherence_ceiling(model, ds)
+        trips = _round_trips(model, ds)
+        metrics["boundary_f1_t005"] = _boundary_f1_at(trips, 0.05)
+        metrics |= _adherence_ceiling(trips, ds)
     metrics["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
-    metrics["latent_channels"] = model.config.total_latent_channels \
-        if hasattr(model.config, "total_latent_channels") else None
+    metrics["latent_channels"] = model.config.total_latent_channels
     return metrics
 
 
-def _boundary_f1_at(model, ds, threshold: float) -> float:
-    """Mean boundary F1 over the clips at another disparity-jump ``threshold`` (0.1 is the
-    standard one): tells a blurred edge (found at 0.05, missed at 0.1) from a missing one."""
+def _round_trips(model, ds) -> list[tuple[dict, "torch.Tensor"]]:
+    """Every clip of ``ds`` with its encode/decode reconstruction (C, T, H, W), computed once
+    for the metrics below (an RGB-only model gets the RGB channels)."""
     import torch
 
+    out = []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            clip = ds[i]
+            x = torch.cat([clip["rgb"], clip["disparity"]]) if model.config.in_channels >= 4 \
+                else clip["rgb"]
+            out.append((clip, model(x[None]).reconstruction[0]))
+    return out
+
+
+def _boundary_f1_at(trips, threshold: float) -> float:
+    """Mean boundary F1 over the clips at another disparity-jump ``threshold`` (0.1 is the
+    standard one): tells a blurred edge (found at 0.05, missed at 0.1) from a missing one."""
     import rgbd_kernels as rk
     from rgbd_world.eval import boundary_f1, disparity_metrics
 
     scores = []
-    with torch.no_grad():
-        for i in range(len(ds)):
-            clip = ds[i]
-            recon = model(torch.cat([clip["rgb"], clip["disparity"]])[None]).reconstruction
-            gt, valid = rk.depth_to_disparity(clip["depth"])
-            valid = valid & clip["valid"]
-            aligned = disparity_metrics(recon[:, 3], gt, valid, per="clip")["aligned"]
-            scores.append(boundary_f1(aligned, gt, valid, threshold=threshold, align=False)["f1"].item())
+    for clip, recon in trips:
+        gt, valid = rk.depth_to_disparity(clip["depth"])
+        valid = valid & clip["valid"]
+        aligned = disparity_metrics(recon[None, 3], gt, valid, per="clip")["aligned"]
+        scores.append(boundary_f1(aligned, gt, valid, threshold=threshold, align=False)["f1"].item())
     return sum(scores) / len(scores)
 
 
-def _adherence_ceiling(model, ds) -> dict:
-    """Prompt adherence of the held-out clips after an encode/decode round trip (and of the true
-    clips, and the shuffled-caption chance level): the most a DiT on these latents can reach."""
-    import torch
-
+def _adherence_ceiling(trips, ds) -> dict:
+    """Prompt adherence of the clips of ``ds`` after their round trips (``_round_trips``), and
+    the shuffled-caption chance level: the most a DiT on these latents can reach. An RGB-only
+    tokenizer is judged on its colours with the true disparity."""
     import rgbd_kernels as rk
     from rgbd_world.eval import prompt_adherence
     from rgbd_world.eval.generation_eval import clip_scene
 
     recon, scenes = [], []
-    with torch.no_grad():
-        for i in range(len(ds)):
-            clip = ds[i]
-            if model.config.in_channels >= 4:
-                out = model(torch.cat([clip["rgb"], clip["disparity"]])[None]).reconstruction[0]
-                disparity = out[3]
-            else:           # an RGB-only tokenizer: its colours with the true disparity
-                out = model(clip["rgb"][None]).reconstruction[0]
-                disparity = rk.depth_to_disparity(clip["depth"][0])[0]
-            recon.append((((out[:3].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1), disparity))
-            scenes.append(clip_scene(ds, clip["index"]))
+    for clip, out in trips:
+        disparity = out[3] if out.shape[0] >= 4 else rk.depth_to_disparity(clip["depth"][0])[0]
+        recon.append((((out[:3].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1), disparity))
+        scenes.append(clip_scene(ds, clip["index"]))
     t, h, w = recon[0][0].shape[:3]
     got = prompt_adherence(recon, scenes, t, h, w)
     return {"adherence_ceiling": got["adherence"],

@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=1, help="every n-th checkpoint")
     args = p.parse_args(argv)
 
-    from ablation import _adherence_ceiling, HELD_OUT_SEED
+    from ablation import HELD_OUT_SEED, _adherence_ceiling, _round_trips
 
     from rgbd_world.data import RGBDVideoDataset, generate_dataset
     from rgbd_world.train.run_models import load_tokenizer
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
                 ds = RGBDVideoDataset(Path(tmp), frames=d["frames"], size=(d["height"], d["width"]),
                                       augment=False,
                                       temporal_compression=model.config.temporal_compression)
-                got = _adherence_ceiling(model, ds)
+                got = _adherence_ceiling(_round_trips(model, ds), ds)
                 print(f"{run} step {step}: adherence ceiling {got['adherence_ceiling']:.3f} "
                       f"(shuffled {got['adherence_ceiling_shuffled']:.3f})", flush=True)
     return 0

@@ -23,6 +23,17 @@ PROMPTS = (
 )
 
 
+def _stack_rows(rows, scale: int):
+    """Rows (H, W, 3) uint8 stacked with 2-pixel white gaps, upscaled ``scale`` times."""
+    import torch
+
+    gap = torch.full((2, rows[0].shape[1], 3), 255, dtype=torch.uint8)
+    parts = [rows[0]]
+    for r in rows[1:]:
+        parts += [gap, r]
+    return torch.cat(parts, 0).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+
+
 def picture(pipe, prompts, frames, steps: int, seed: int, scale: int):
     """(H_total, W_total, 3) uint8: a row per prompt, frames side by side (RGB | depth)."""
     import torch
@@ -39,12 +50,7 @@ def picture(pipe, prompts, frames, steps: int, seed: int, scale: int):
         if len(picked) != len(frames):
             raise SystemExit(f"--frames {frames}: the pipeline makes {strip.shape[0]} frames")
         rows.append(side_by_side(*picked)[0])
-    gap = torch.full((2, rows[0].shape[1], 3), 255, dtype=torch.uint8)
-    parts = []
-    for i, r in enumerate(rows):
-        parts += [r] if i == 0 else [gap, r]
-    image = torch.cat(parts, 0)
-    return image.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    return _stack_rows(rows, scale)
 
 
 def round_trip_picture(pipe, clips: int, seed: int, scale: int, data_dir: Path):
@@ -69,12 +75,7 @@ def round_trip_picture(pipe, clips: int, seed: int, scale: int, data_dir: Path):
         true = rgbd_strip(clip["rgb"], clip["disparity"][0], clip["valid"][0])[mid:mid + 1]
         back = rgbd_strip(recon[:3], recon[3], clip["valid"][0])[mid:mid + 1]
         rows.append(side_by_side(true, back)[0])
-    gap = torch.full((2, rows[0].shape[1], 3), 255, dtype=torch.uint8)
-    parts = []
-    for i, r in enumerate(rows):
-        parts += [r] if i == 0 else [gap, r]
-    image = torch.cat(parts, 0)
-    return image.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    return _stack_rows(rows, scale)
 
 
 def _save_png(image, out: Path) -> None:
